@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Every target creates or
+# refreshes .venv first (idempotent: pip runs again only when pyproject.toml changed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint bench demo demo-down bundle clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
+	@touch $@
+
+test: venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check _modules _states bundle discovery tests benchmarks demo
+	$(BIN)/yamllint -s .
+	$(BIN)/salt-lint $$(find salt pillar -name '*.sls')
+
+bench: venv
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+bundle: venv
+	$(BIN)/envoy-bundle build --out out/
+
+demo: venv
+	$(BIN)/python -m demo up
+
+demo-down: venv
+	$(BIN)/python -m demo down
+
+clean: demo-down
+	rm -rf out/ .pytest_cache .ruff_cache
