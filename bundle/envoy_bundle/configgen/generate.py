@@ -1,0 +1,56 @@
+"""The pipeline: check every input, check the policy, build the model, render."""
+
+from .errors import ConfigError, Problems
+from .inputs import check_host, check_pillar, parse_manifest, read_manifest_dir
+from .model import build_model
+from .policy import (
+    check_manifest_bounds,
+    check_manifest_references,
+    check_manifests_together,
+    check_pillar_policy,
+    check_ports,
+    check_roles_fit,
+)
+from .render import render
+from .schema import INVALID, Where
+
+
+def generate(manifests, pillar, host):
+    """``manifests``: (path, text) pairs; ``pillar``: the pillar ``envoy`` dict; ``host``: host facts.
+    Returns the rendered YAML; raises ConfigError listing every problem found."""
+    problems = Problems()
+    host_facts = check_host(host, problems)
+    net = check_pillar(pillar, problems)
+    overridable = check_pillar_policy(net, problems)
+    parsed = [parse_manifest(path, text, problems) for path, text in sorted(manifests)]
+    valid = [m for m in parsed if m is not None]
+    discovery = net["discovery"]
+    for manifest in valid:
+        if overridable is not None:
+            check_manifest_bounds(manifest, overridable, problems)
+        check_manifest_references(manifest, net["services"], discovery, problems)
+    check_manifests_together(valid, problems)
+    check_roles_fit(valid, net["roles"], problems)
+    check_ports(valid, net, host_facts, problems)
+    check_front_eds(net, discovery, problems)
+    if problems or host_facts is None or any(v is INVALID for v in net.values()):
+        problems.raise_if_any()
+        raise ConfigError(["internal: inputs invalid but no problem recorded"])
+    return render(build_model(valid, net, host_facts, discovery))
+
+
+def check_front_eds(net, discovery, problems):
+    """Front routes to an eds service need to know where the discovery service is."""
+    roles, routes, services = net["roles"], net["routes"], net["services"]
+    if discovery is not None or INVALID in (roles, routes, services) or "front" not in roles:
+        return
+    for index, route in enumerate(routes):
+        entry = services.get(route.get("service"))
+        if entry and entry["discovery"] == "eds":
+            Where.pillar(problems).fail(["routes", index, "service"], "is an eds service, but "
+                                        "envoy:discovery:address (where Envoy reaches the discovery service) "
+                                        "is not set", route["service"])
+
+
+def generate_from_dir(manifest_dir, pillar, host):
+    return generate(read_manifest_dir(manifest_dir), pillar, host)

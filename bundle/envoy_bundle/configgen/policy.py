@@ -1,0 +1,302 @@
+"""
+The network team's policy and the cross-checks no single field can make: knobs within bounds,
+upstreams that exist in the catalogue, unique names, ports that do not collide, routes that make
+sense. Every check reports through ``Where`` and keeps going, so one run lists every problem.
+"""
+
+import re
+
+from .schema import INVALID, Where
+from .specs import BUILTIN_OVERRIDABLE, MANIFEST, MANIFEST_SECTIONS, tunable_paths
+
+HTTP_TYPES = ("http", "http2")
+DATABASE_TYPES = ("mongo", "tcp")
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+RESERVED_CLUSTERS = ("discovery", "zipkin")
+
+
+def dig(tree, path):
+    for name in path:
+        if not isinstance(tree, dict) or name not in tree:
+            return None
+        tree = tree[name]
+    return tree
+
+
+# --- pillar -----------------------------------------------------------------------------------
+
+def effective_overridable(pillar_value, problems):
+    """Pillar sections replace the built-in ones section by section; each bound needs min <= max."""
+    if pillar_value is INVALID:
+        return None
+    merged = dict(BUILTIN_OVERRIDABLE)
+    merged.update(pillar_value or {})
+    where = Where.pillar(problems)
+    ok = True
+    for section in MANIFEST_SECTIONS:
+        for path in tunable_paths(MANIFEST.fields[section].spec):
+            bounds = dig(merged.get(section), path)
+            if bounds and bounds["min"] > bounds["max"]:
+                where.fail(["overridable", section, *path, "min"],
+                           f"is above envoy:overridable:{section}:{':'.join(path)}:max ({bounds['max']})",
+                           bounds["min"])
+                ok = False
+    return merged if ok else None
+
+
+def check_roles(roles, problems):
+    if roles in (None, INVALID):
+        return
+    where = Where.pillar(problems)
+    if not roles:
+        where.fail(["roles"], "must name at least one role: sidecar, front")
+    for index, role in enumerate(roles):
+        if role in roles[:index]:
+            where.fail(["roles", index], "is listed twice", role)
+
+
+def check_catalogue(services, problems):
+    if services in (None, INVALID):
+        return
+    where = Where.pillar(problems)
+    for name, entry in services.items():
+        path = ["services", name]
+        if name in RESERVED_CLUSTERS or name.startswith("local_"):
+            where.fail(path, "is reserved for the formula's own clusters (discovery, zipkin, local_*)")
+        hosts = entry.get("hosts")
+        if entry["discovery"] == "eds":
+            if hosts:
+                where.fail(path + ["hosts"], "must not be set: endpoints of an eds service come from discovery")
+        elif not hosts:
+            where.fail(path + ["hosts"], f"is required for discovery {entry['discovery']} (a list of host:port)")
+        elif entry["discovery"] == "static":
+            for index, host in enumerate(hosts):
+                if not re.fullmatch(r"[0-9.]+:[0-9]+", host):
+                    where.fail(path + ["hosts", index],
+                               "must be an IPv4 address with a port for discovery static "
+                               "(use discovery: strict_dns for DNS names)", host)
+        if entry["type"] not in HTTP_TYPES:
+            for key in ("health_check", "health_check_path"):
+                if key in entry:
+                    where.fail(path + [key], f"applies to http services only, not type {entry['type']}")
+
+
+def check_routes(routes, services, tls, problems):
+    if routes in (None, INVALID):
+        return
+    where = Where.pillar(problems)
+    names, domain_groups = {}, {}
+    has_certs = tls not in (None, INVALID) and bool(tls["certificates"])
+    for index, route in enumerate(routes):
+        path = ["routes", index]
+        if route["name"] in names:
+            where.fail(path + ["name"], f"is also the name of envoy:routes[{names[route['name']]}]", route["name"])
+        names.setdefault(route["name"], index)
+        group = tuple(route["domains"])
+        for domain in group:
+            other = domain_groups.setdefault(domain, group)
+            if other != group:
+                where.fail(path + ["domains"], f"puts {domain} in two different domain lists "
+                           f"({', '.join(other)} and {', '.join(group)}); list each domain with one set")
+        _check_route_target(route, path, services, where)
+        _check_route_match(route, path, where)
+        if route["https_only"] and not has_certs:
+            where.fail(path + ["https_only"], "needs a certificate in envoy:tls:certificates")
+        if route.get("redirect", {}).get("https") and not has_certs:
+            where.fail(path + ["redirect", "https"], "needs a certificate in envoy:tls:certificates")
+
+
+def _check_route_target(route, path, services, where):
+    if "redirect" in route:
+        for key in ("timeout_ms", "retries", "retry_on", "per_try_timeout_ms", "host_rewrite", "prefix_rewrite"):
+            if key in route:
+                where.fail(path + [key], "applies to routes to a service, not to redirects")
+        redirect = route["redirect"]
+        if "path" in redirect and "prefix" in redirect:
+            where.fail(path + ["redirect"], "sets both path and prefix: choose one")
+        if "code" in redirect and redirect["code"] not in REDIRECT_CODES:
+            where.fail(path + ["redirect", "code"], "must be one of " + ", ".join(map(str, REDIRECT_CODES)),
+                       redirect["code"])
+        return
+    if services in (None, INVALID):
+        return
+    entry = services.get(route["service"])
+    if entry is None:
+        where.fail(path + ["service"], "is not in the service catalogue envoy:services", route["service"])
+    elif entry["type"] not in HTTP_TYPES:
+        where.fail(path + ["service"], f"is a {entry['type']} service; routes go to http or http2 services",
+                   route["service"])
+
+
+def _check_route_match(route, path, where):
+    patterns = [(["match", "regex"], route["match"].get("regex"))]
+    for index, header in enumerate(route["match"].get("headers", [])):
+        patterns.append((["match", "headers", index, "regex"], header.get("regex")))
+    for field, pattern in patterns:
+        if pattern is None:
+            continue
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            where.fail(path + field, f"is not a valid regular expression: {exc}", pattern)
+
+
+def check_tls(tls, problems):
+    if tls in (None, INVALID):
+        return
+    where = Where.pillar(problems)
+    names, server_names, defaults = set(), {}, []
+    for index, cert in enumerate(tls["certificates"]):
+        path = ["tls", "certificates", index]
+        if cert["name"] in names:
+            where.fail(path + ["name"], "is used by another certificate", cert["name"])
+        names.add(cert["name"])
+        if not cert.get("server_names"):
+            defaults.append(cert["name"])
+        for server_name in cert.get("server_names", []):
+            if server_name in server_names:
+                where.fail(path + ["server_names"], f"lists {server_name}, already served by certificate "
+                           f"{server_names[server_name]}")
+            server_names.setdefault(server_name, cert["name"])
+    if len(defaults) > 1:
+        where.fail(["tls", "certificates"], "has more than one certificate without server_names "
+                   f"({', '.join(defaults)}); only one can be the default")
+
+
+def check_pillar_policy(net, problems):
+    check_roles(net["roles"], problems)
+    check_catalogue(net["services"], problems)
+    check_routes(net["routes"], net["services"], net["tls"], problems)
+    check_tls(net["tls"], problems)
+    return effective_overridable(net["overridable"], problems)
+
+
+# --- manifests ----------------------------------------------------------------------------------
+
+def check_manifest_bounds(manifest, overridable, problems):
+    """Every knob a manifest sets must be one the network team lets services turn, within its bounds."""
+    where = Where.manifest(problems, manifest.path)
+    for section in MANIFEST_SECTIONS:
+        value = manifest.data.get(section)
+        if not value:
+            continue
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        allowed = overridable.get(section) or {}
+        for index, item in items:
+            prefix = [section] if index is None else [section, index]
+            for path in tunable_paths(MANIFEST.fields[section].spec):
+                setting = dig(item, path)
+                if setting is None:
+                    continue
+                _check_bound(where, prefix + list(path), setting, dig(allowed, path), section, allowed)
+
+
+def _check_bound(where, field, value, bounds, section, allowed):
+    if not bounds:
+        names = [".".join(p) for p in tunable_paths(MANIFEST.fields[section].spec) if dig(allowed, p)]
+        where.fail(field, f"is not overridable by services; the network team allows in {section}: "
+                   f"{', '.join(names) or 'nothing'}", value)
+    elif value < bounds["min"]:
+        where.fail(field, f"is below the network team's minimum {bounds['min']}", value)
+    elif value > bounds["max"]:
+        where.fail(field, f"is above the network team's maximum {bounds['max']}", value)
+
+
+def check_manifest_references(manifest, services, discovery, problems):
+    """Upstreams, databases and caches must name catalogue entries of the right type, once each."""
+    where = Where.manifest(problems, manifest.path)
+    wanted = (("upstreams", "service", HTTP_TYPES), ("databases", "name", DATABASE_TYPES),
+              ("caches", "name", ("redis",)))
+    for section, key, types in wanted:
+        seen = {}
+        for index, item in enumerate(manifest.data.get(section) or []):
+            name, path = item[key], [section, index, key]
+            if name in seen:
+                where.fail(path, f"is listed twice in {section} (also {section}[{seen[name]}])", name)
+                continue
+            seen[name] = index
+            if services in (None, INVALID):
+                continue
+            entry = services.get(name)
+            if entry is None:
+                where.fail(path, "is not in the service catalogue envoy:services", name)
+            elif entry["type"] not in types:
+                where.fail(path, f"is a {entry['type']} service in envoy:services; {section} need "
+                           + " or ".join(types), name)
+            elif item.get("type") and item["type"] != entry["type"]:
+                where.fail([section, index, "type"], f"disagrees with envoy:services:{name}:type "
+                           f"({entry['type']})", item["type"])
+            elif entry["discovery"] == "eds" and discovery is None:
+                where.fail(path, f"uses eds service {name}, but pillar envoy:discovery:address "
+                           "(where Envoy reaches the discovery service) is not set", name)
+
+
+# --- the host as a whole --------------------------------------------------------------------------
+
+def check_manifests_together(manifests, problems):
+    """Two manifests may not claim the same service, database or cache, nor disagree on an upstream."""
+    owners = {}
+    for manifest in manifests:
+        where = Where.manifest(problems, manifest.path)
+        claims = [("service", manifest.service, ["service"])]
+        claims += [(section, item["name"], [section, i, "name"])
+                   for section in ("databases", "caches") for i, item in enumerate(manifest.data.get(section) or [])]
+        for kind, name, path in claims:
+            first = owners.setdefault((kind, name), manifest.path)
+            if first != manifest.path:
+                where.fail(path, f"is also declared by manifest {first}; each {kind} once per host", name)
+    _check_shared_upstreams(manifests, problems)
+
+
+def _check_shared_upstreams(manifests, problems):
+    # One egress virtual host and one cluster per upstream service: every local service that
+    # calls it must ask for the same settings.
+    first = {}
+    for manifest in manifests:
+        for index, item in enumerate(manifest.data.get("upstreams") or []):
+            seen = first.setdefault(item["service"], (manifest.path, item))
+            if seen[1] != item:
+                Where.manifest(problems, manifest.path).fail(
+                    ["upstreams", index], f"asks for other settings for {item['service']} than manifest "
+                    f"{seen[0]}; services on one host share one cluster per upstream, so they must agree")
+
+
+def check_roles_fit(manifests, roles, problems):
+    if roles in (None, INVALID) or "sidecar" in roles:
+        return
+    for manifest in manifests:
+        Where.manifest(problems, manifest.path).fail(
+            [], f"needs the sidecar role, but this host's envoy:roles are {', '.join(roles) or 'empty'}")
+
+
+def check_ports(manifests, net, host, problems):
+    """No two listeners (nor a listener and a local app, nor the admin API) on one port."""
+    claims = []  # (port, where, field path)
+    if host is not None:
+        claims.append((host["admin_port"], Where.host(problems), ["admin_port"]))
+    listeners, roles, tls = net["listeners"], net["roles"], net["tls"]
+    if listeners not in (None, INVALID) and roles not in (None, INVALID):
+        pillar = Where.pillar(problems)
+        if "sidecar" in roles:
+            claims.append((listeners["egress"]["port"], pillar, ["listeners", "egress", "port"]))
+        if "front" in roles:
+            claims.append((listeners["front"]["http_port"], pillar, ["listeners", "front", "http_port"]))
+            if tls not in (None, INVALID) and tls["certificates"]:
+                claims.append((listeners["front"]["https_port"], pillar, ["listeners", "front", "https_port"]))
+    for manifest in manifests:
+        where = Where.manifest(problems, manifest.path)
+        ingress = manifest.data.get("ingress")
+        if ingress:
+            claims.append((ingress["port"], where, ["ingress", "port"]))
+            claims.append((ingress["app_port"], where, ["ingress", "app_port"]))
+        for section in ("databases", "caches"):
+            for index, item in enumerate(manifest.data.get(section) or []):
+                claims.append((item["listen_port"], where, [section, index, "listen_port"]))
+    taken = {}
+    for port, where, path in claims:
+        if port in taken:
+            first_where, first_path = taken[port]
+            owner = first_where.prefix + first_where.field(first_path)
+            where.fail(path, f"collides with {owner} (one port, one listener)", port)
+        else:
+            taken[port] = (where, path)

@@ -1,0 +1,308 @@
+"""
+What the generator accepts: the service manifest, the network team's pillar sections and the
+host facts the Salt module passes. Defaults here are the network team's built-in ones; pillar
+``envoy:defaults`` overrides them field by field. docs/manifest.md and pillar.example describe
+the same fields for people.
+"""
+
+from .schema import (
+    Bool,
+    DictOf,
+    Field,
+    HostPort,
+    Int,
+    IPv4,
+    ListOf,
+    Map,
+    Number,
+    Port,
+    Str,
+    tunable_paths,
+)
+
+NAME = Str(r"[a-z][a-z0-9_-]{0,62}", shape="a name of lowercase letters, digits, '-' and '_' (max 63)")
+ABS_PATH = Str(r"/[^\x00\n]*", shape="an absolute path")
+URL_PATH = Str(r"/[^\s]*", shape="a URL path starting with /")
+DOMAIN = Str(r"\*|(\*[.-])?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]+)?",
+             shape="a domain such as www.example.com, *.example.com or *")
+MS = 3_600_000  # an hour: the hard ceiling of any timeout, whatever the pillar says
+
+
+def ms(minimum=1, tunable=False):
+    return Int(minimum, MS, tunable=tunable)
+
+
+def count(tunable=False):
+    return Int(1, 1_000_000, tunable=tunable)
+
+
+# --- the service manifest ---------------------------------------------------------------------
+
+UPSTREAM_BREAKERS = Map({
+    "max_connections": Field(count(tunable=True)),
+    "max_pending_requests": Field(count(tunable=True)),
+    "max_requests": Field(count(tunable=True)),
+    "max_retries": Field(Int(0, 1_000_000, tunable=True)),
+})
+INGRESS_BREAKERS = Map({
+    "max_connections": Field(count(tunable=True)),
+    "max_pending_requests": Field(count(tunable=True)),
+    "max_requests": Field(count(tunable=True)),
+})
+
+MANIFEST = Map({
+    "service": Field(NAME, required=True),
+    "ingress": Field(Map({
+        "port": Field(Port(), required=True),
+        "app_port": Field(Port(), required=True),
+        "health_check": Field(URL_PATH, default="/healthcheck"),
+        "timeout_ms": Field(ms(tunable=True)),
+        "circuit_breakers": Field(INGRESS_BREAKERS),
+    })),
+    "upstreams": Field(ListOf(Map({
+        "service": Field(NAME, required=True),
+        "timeout_ms": Field(ms(tunable=True)),
+        "per_try_timeout_ms": Field(ms(tunable=True)),
+        "connect_timeout_ms": Field(ms(tunable=True)),
+        "retries": Field(Int(0, 10, tunable=True)),
+        "circuit_breakers": Field(UPSTREAM_BREAKERS),
+    }))),
+    "databases": Field(ListOf(Map({
+        "name": Field(NAME, required=True),
+        "type": Field(Str(choices=["mongo", "tcp"])),
+        "listen_port": Field(Port(), required=True),
+        "max_connections": Field(count(tunable=True)),
+        "connect_timeout_ms": Field(ms(tunable=True)),
+        "rate_limit": Field(Map({"connections_per_second": Field(count(tunable=True))})),
+    }))),
+    "caches": Field(ListOf(Map({
+        "name": Field(NAME, required=True),
+        "type": Field(Str(choices=["redis"])),
+        "listen_port": Field(Port(), required=True),
+        "op_timeout_ms": Field(ms(tunable=True)),
+    }))),
+})
+MANIFEST_SECTIONS = ("ingress", "upstreams", "databases", "caches")
+
+
+# --- the network team's pillar ------------------------------------------------------------------
+
+def bounds_spec(spec):
+    """The ``envoy:overridable`` shape for one manifest section: its tunables, each {min, max}."""
+    tree = {}
+    for path in tunable_paths(spec):
+        node = tree
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = None
+    return _bounds_map(tree)
+
+
+def _bounds_map(tree):
+    fields = {}
+    for name, sub in tree.items():
+        if sub is None:
+            fields[name] = Field(Map({"min": Field(Int(0, None), required=True),
+                                      "max": Field(Int(0, None), required=True)}))
+        else:
+            fields[name] = Field(_bounds_map(sub))
+    return Map(fields)
+
+
+def _section(name):
+    return MANIFEST.fields[name].spec
+
+
+OVERRIDABLE = Map({name: Field(bounds_spec(_section(name))) for name in MANIFEST_SECTIONS})
+
+# Which manifest knobs a service may turn, and how far, when the pillar says nothing.
+BUILTIN_OVERRIDABLE = {
+    "ingress": {"timeout_ms": {"min": 100, "max": 60000},
+                "circuit_breakers": {"max_requests": {"min": 1, "max": 10000}}},
+    "upstreams": {"timeout_ms": {"min": 10, "max": 60000},
+                  "per_try_timeout_ms": {"min": 10, "max": 60000},
+                  "retries": {"min": 0, "max": 3},
+                  "circuit_breakers": {"max_requests": {"min": 1, "max": 10000}}},
+    "databases": {"max_connections": {"min": 1, "max": 1000},
+                  "rate_limit": {"connections_per_second": {"min": 1, "max": 10000}}},
+    "caches": {"op_timeout_ms": {"min": 1, "max": 10000}},
+}
+
+HEALTH_CHECK = Map({
+    "enabled": Field(Bool(), default=True),
+    "path": Field(URL_PATH, default="/healthcheck"),
+    "timeout_ms": Field(ms(), default=2000),
+    "interval_ms": Field(ms(), default=5000),
+    "unhealthy_threshold": Field(Int(1, 100), default=2),
+    "healthy_threshold": Field(Int(1, 100), default=2),
+})
+OUTLIER_DETECTION = Map({
+    "enabled": Field(Bool(), default=True),
+    "consecutive_5xx": Field(Int(1, 1000), default=5),
+    "interval_ms": Field(ms(), default=10000),
+    "base_ejection_time_ms": Field(ms(), default=30000),
+    "max_ejection_percent": Field(Int(0, 100), default=10),
+})
+LB_POLICIES = ["round_robin", "least_request", "random"]
+
+DEFAULTS = Map({
+    "upstreams": Field(Map({
+        "connect_timeout_ms": Field(ms(), default=250),
+        "timeout_ms": Field(ms(), default=15000),
+        "per_try_timeout_ms": Field(ms()),
+        "retries": Field(Int(0, 10), default=1),
+        "retry_on": Field(Str(r"[a-z0-9-]+(,[a-z0-9-]+)*", shape="a comma-separated list of Envoy retry "
+                              "conditions such as 5xx,connect-failure"), default="5xx,connect-failure,refused-stream"),
+        "lb_policy": Field(Str(choices=LB_POLICIES), default="least_request"),
+        "circuit_breakers": Field(Map({
+            "max_connections": Field(count(), default=1024),
+            "max_pending_requests": Field(count(), default=1024),
+            "max_requests": Field(count(), default=1024),
+            "max_retries": Field(Int(0, 1_000_000), default=3),
+        }), default={}),
+        "outlier_detection": Field(OUTLIER_DETECTION, default={}),
+        "health_check": Field(HEALTH_CHECK, default={}),
+    }), default={}),
+    "ingress": Field(Map({
+        "connect_timeout_ms": Field(ms(), default=250),
+        "timeout_ms": Field(ms(), default=15000),
+        "circuit_breakers": Field(Map({
+            "max_connections": Field(count(), default=1024),
+            "max_pending_requests": Field(count(), default=1024),
+            "max_requests": Field(count(), default=1024),
+        }), default={}),
+    }), default={}),
+    "databases": Field(Map({
+        "connect_timeout_ms": Field(ms(), default=1000),
+        "max_connections": Field(count(), default=100),
+    }), default={}),
+    "caches": Field(Map({
+        "connect_timeout_ms": Field(ms(), default=250),
+        "op_timeout_ms": Field(ms(), default=100),
+    }), default={}),
+})
+
+SERVICE = Map({
+    "type": Field(Str(choices=["http", "http2", "mongo", "redis", "tcp"]), default="http"),
+    "discovery": Field(Str(choices=["static", "strict_dns", "eds"]), default="static"),
+    "hosts": Field(ListOf(HostPort(), max_len=1000)),
+    "health_check": Field(Bool()),
+    "health_check_path": Field(URL_PATH),
+    "lb_policy": Field(Str(choices=LB_POLICIES)),
+})
+
+HEADER_MATCH = Map({
+    "name": Field(Str(r"[A-Za-z0-9:_-]+", shape="an HTTP header name"), required=True),
+    "exact": Field(Str(max_len=1024)),
+    "regex": Field(Str(max_len=1024)),
+    "present": Field(Bool()),
+}, one_of=[("exact", "regex", "present")])
+
+REDIRECT = Map({
+    "https": Field(Bool(), default=False),
+    "host": Field(DOMAIN),
+    "path": Field(URL_PATH),
+    "prefix": Field(URL_PATH),
+    "code": Field(Int(301, 308)),
+})
+
+ROUTE = Map({
+    "name": Field(NAME, required=True),
+    "domains": Field(ListOf(DOMAIN), default=["*"]),
+    "match": Field(Map({
+        "prefix": Field(URL_PATH),
+        "path": Field(URL_PATH),
+        "regex": Field(Str(max_len=1024)),
+        "headers": Field(ListOf(HEADER_MATCH)),
+    }, one_of=[("prefix", "path", "regex")]), required=True),
+    "service": Field(NAME),
+    "redirect": Field(REDIRECT),
+    "timeout_ms": Field(Int(0, MS)),
+    "retries": Field(Int(0, 10)),
+    "retry_on": Field(DEFAULTS.fields["upstreams"].spec.fields["retry_on"].spec),
+    "per_try_timeout_ms": Field(ms()),
+    "host_rewrite": Field(DOMAIN),
+    "prefix_rewrite": Field(URL_PATH),
+    "https_only": Field(Bool(), default=False),
+}, one_of=[("service", "redirect")])
+
+PEM_CERT = Str(r"(?s)\s*-----BEGIN CERTIFICATE-----.+-----END CERTIFICATE-----\s*",
+               shape="a PEM certificate (chain)", max_len=1_000_000)
+PEM_KEY = Str(r"(?s)\s*-----BEGIN [A-Z ]*PRIVATE KEY-----.+-----END [A-Z ]*PRIVATE KEY-----\s*",
+              shape="a PEM private key", secret=True, max_len=1_000_000)
+
+TLS = Map({
+    "certificates": Field(ListOf(Map({
+        "name": Field(NAME, required=True),
+        "server_names": Field(ListOf(DOMAIN)),
+        "certificate": Field(PEM_CERT, required=True),
+        "private_key": Field(PEM_KEY, required=True),
+    })), default=[]),
+    "min_version": Field(Str(choices=["TLSv1_2", "TLSv1_3"]), default="TLSv1_2"),
+    "alpn": Field(ListOf(Str(choices=["h2", "http/1.1"])), default=["h2", "http/1.1"]),
+})
+
+OBSERVABILITY = Map({
+    "access_log": Field(Map({
+        "enabled": Field(Bool(), default=True),
+        "path": Field(ABS_PATH),
+        "format": Field(Str(max_len=4096)),
+    }), default={}),
+    "request_id": Field(Bool(), default=True),
+    "stats": Field(Map({
+        "sink": Field(Str(choices=["statsd", "dogstatsd"]), required=True),
+        "address": Field(IPv4(), default="127.0.0.1"),
+        "port": Field(Port(), default=8125),
+        "prefix": Field(Str(r"[A-Za-z0-9_.-]+", shape="a stats prefix"), default="envoy"),
+    })),
+    "tracing": Field(Map({
+        "zipkin": Field(Map({
+            "address": Field(HostPort(), required=True),
+            "endpoint": Field(URL_PATH, default="/api/v2/spans"),
+        }), required=True),
+        "sample_percent": Field(Number(0, 100), default=1.0),
+    })),
+}, )
+
+LISTENERS = Map({
+    "egress": Field(Map({
+        "address": Field(IPv4(), default="127.0.0.1"),
+        "port": Field(Port(), default=9001),
+    }), default={}),
+    "ingress": Field(Map({"address": Field(IPv4(), default="0.0.0.0")}), default={}),
+    "front": Field(Map({
+        "address": Field(IPv4(), default="0.0.0.0"),
+        "http_port": Field(Port(), default=8080),
+        "https_port": Field(Port(), default=8443),
+        "health_check": Field(URL_PATH, default="/healthcheck"),
+    }), default={}),
+    "max_downstream_connections": Field(count(), default=50000),
+    "buffer_limit_bytes": Field(Int(1024, 16 * 1024 * 1024), default=32768),
+})
+
+# The sections of pillar `envoy:` the generator owns, each validated on its own so a mistake in
+# one does not hide the problems of another. Other keys (lookup, bundle, schedule, restart, ...)
+# belong to the formula and are ignored here.
+PILLAR_SECTIONS = {
+    "roles": Field(ListOf(Str(choices=["sidecar", "front"])), default=["sidecar"]),
+    "listeners": Field(LISTENERS, default={}),
+    "defaults": Field(DEFAULTS, default={}),
+    "overridable": Field(OVERRIDABLE),
+    "services": Field(DictOf(NAME, SERVICE), default={}),
+    "routes": Field(ListOf(ROUTE), default=[]),
+    "tls": Field(TLS, default={}),
+    "observability": Field(OBSERVABILITY, default={}),
+}
+# Only the address Envoy reaches the discovery service at; the rest of `envoy:discovery` is the
+# discovery engineer's (registration, the service's own settings).
+DISCOVERY = Map({"address": Field(HostPort())})
+
+HOST = Map({
+    "node_id": Field(Str(max_len=255), required=True),
+    "cluster": Field(Str(max_len=255)),
+    "hostname": Field(Str(max_len=255)),
+    "zone": Field(Str(max_len=255)),
+    "admin_address": Field(Str(choices=["127.0.0.1"]), default="127.0.0.1"),
+    "admin_port": Field(Port(), required=True),
+    "log_dir": Field(ABS_PATH, required=True),
+})
