@@ -1,0 +1,139 @@
+"""The safe unpacker and member verification of ``_modules/envoy.py`` on crafted archives."""
+
+import os
+from pathlib import Path
+
+import pytest
+from salt.exceptions import CommandExecutionError
+
+from tests.helpers.bundles import build_fake_bundle, crafted_tarball, load_envoy_module
+
+
+@pytest.fixture(scope="module")
+def mod():
+    return load_envoy_module()
+
+
+def unpack(mod, tmp_path, entries, **limits):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    archive, _ = crafted_tarball(tmp_path / "crafted.tar.gz", entries)
+    dest = tmp_path / "dest"
+    return mod.unpack_bundle(str(archive), str(dest), "crafted.tar.gz", limits or None), dest
+
+
+def test_unpacks_files_dirs_and_links_inside(mod, tmp_path):
+    names, dest = unpack(mod, tmp_path, [
+        {"name": "bin", "type": "dir"},
+        {"name": "bin/tool", "data": b"#!/bin/sh\n", "mode": 0o755},
+        {"name": "./lib/a.txt", "data": b"a"},
+        {"name": "lib/link", "type": "symlink", "linkname": "a.txt"},
+        {"name": "lib/hard", "type": "hardlink", "linkname": "lib/a.txt"},
+    ])
+    assert names == ["bin", "bin/tool", "lib/a.txt", "lib/hard", "lib/link"]
+    assert (dest / "lib" / "link").read_bytes() == b"a"
+    assert os.readlink(dest / "lib" / "link") == "a.txt"
+    assert (dest / "lib" / "hard").read_bytes() == b"a"
+    assert os.stat(dest / "bin" / "tool").st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize(("entries", "message"), [
+    ([{"name": "../evil", "data": b"x"}], "member '../evil' contains '..'"),
+    ([{"name": "lib/../../evil", "data": b"x"}], "contains '..'"),
+    ([{"name": "/etc/evil", "data": b"x"}], "member '/etc/evil' has an absolute path"),
+    ([{"name": "lib/out", "type": "symlink", "linkname": "../../outside"}], "symlink 'lib/out' -> '../../outside' points outside"),
+    ([{"name": "abs", "type": "symlink", "linkname": "/etc/passwd"}], "symlink 'abs' -> '/etc/passwd' points outside"),
+    ([{"name": "hard", "type": "hardlink", "linkname": "/etc/passwd"}], "hard link 'hard'"),
+    ([{"name": "dev/null", "type": "chr"}], "member 'dev/null' is a device file"),
+    ([{"name": "pipe", "type": "fifo"}], "member 'pipe' is a fifo"),
+    ([{"name": "a", "data": b"1"}, {"name": "./a", "data": b"2"}], "member 'a' appears twice"),
+])
+def test_refuses_unsafe_members(mod, tmp_path, entries, message):
+    with pytest.raises(CommandExecutionError, match="unsafe bundle crafted.tar.gz") as exc:
+        unpack(mod, tmp_path, entries)
+    assert message in str(exc.value)
+    assert not (tmp_path / "evil").exists() and not (tmp_path.parent / "evil").exists()
+
+
+def test_symlink_then_write_through_it_is_refused(mod, tmp_path):
+    """A link to outside followed by a file "inside" it: the link itself is refused first."""
+    with pytest.raises(CommandExecutionError, match="points outside"):
+        unpack(mod, tmp_path, [
+            {"name": "escape", "type": "symlink", "linkname": str(tmp_path)},
+            {"name": "escape/planted", "data": b"x"},
+        ])
+    assert not (tmp_path / "planted").exists()
+
+
+def test_refuses_oversized_member_and_total(mod, tmp_path):
+    with pytest.raises(CommandExecutionError, match=r"member 'big' is 2000 bytes, over the 1000-byte limit"):
+        unpack(mod, tmp_path, [{"name": "big", "size": 2000}], max_member_bytes=1000)
+    with pytest.raises(CommandExecutionError, match=r"more than the 2500-byte limit \(at 'c'\)"):
+        unpack(mod, tmp_path / "t", [{"name": n, "size": 1000} for n in "abc"], max_total_bytes=2500)
+
+
+def test_refuses_too_many_members(mod, tmp_path):
+    with pytest.raises(CommandExecutionError, match="more than 2 members"):
+        unpack(mod, tmp_path, [{"name": n} for n in "abc"], max_members=2)
+
+
+def test_not_a_tarball(mod, tmp_path):
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(CommandExecutionError, match="not a readable tar.gz archive"):
+        mod.unpack_bundle(str(junk), str(tmp_path / "dest"), "junk.tar.gz")
+
+
+# --- verification against bundle.json ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake_release(tmp_path_factory, mod):
+    out = tmp_path_factory.mktemp("fake-bundle")
+    tarball, _ = build_fake_bundle(out)
+    dest = out / "release"
+    mod.unpack_bundle(str(tarball), str(dest))
+    return dest
+
+
+def copy_release(src, dst):
+    import shutil
+    shutil.copytree(src, dst, symlinks=True)
+    return Path(dst)
+
+
+def test_verify_accepts_a_built_bundle(mod, fake_release):
+    manifest = mod.verify_release(str(fake_release))
+    assert manifest["members"]["bin/envoy"]["mode"] == "0755"
+    assert manifest["bundle_id"].startswith("1.40.0-")
+
+
+def test_verify_catches_a_changed_member(mod, fake_release, tmp_path):
+    release = copy_release(fake_release, tmp_path / "r")
+    (release / "bin" / "envoy-configgen").write_text("#!/bin/sh\necho pwned\n")
+    with pytest.raises(CommandExecutionError, match="member 'bin/envoy-configgen' does not match bundle.json"):
+        mod.verify_release(str(release))
+
+
+def test_verify_catches_missing_extra_and_mode(mod, fake_release, tmp_path):
+    release = copy_release(fake_release, tmp_path / "missing")
+    (release / "bin" / "envoy-restarter").unlink()
+    with pytest.raises(CommandExecutionError, match=r"\['bin/envoy-restarter'\] listed in bundle.json but missing"):
+        mod.verify_release(str(release))
+    release = copy_release(fake_release, tmp_path / "extra")
+    (release / "lib" / "sneaky.py").write_text("x = 1\n")
+    with pytest.raises(CommandExecutionError, match=r"\['lib/sneaky.py'\] present but not listed"):
+        mod.verify_release(str(release))
+    release = copy_release(fake_release, tmp_path / "mode")
+    os.chmod(release / "bin" / "envoy-restarter", 0o777)
+    with pytest.raises(CommandExecutionError, match="'bin/envoy-restarter' has mode 0777"):
+        mod.verify_release(str(release))
+
+
+def test_verify_catches_a_forged_bundle_id(mod, fake_release, tmp_path):
+    import json
+    release = copy_release(fake_release, tmp_path / "forged")
+    manifest = json.loads((release / "bundle.json").read_text())
+    manifest["bundle_id"] = "1.40.0-000000000000"
+    (release / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(CommandExecutionError, match="bundle id 1.40.0-000000000000 does not match its members"):
+        mod.verify_release(str(release))
