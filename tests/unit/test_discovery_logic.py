@@ -1,0 +1,87 @@
+"""Pure logic of the discovery service: validation, EDS assembly, versions, metrics, CLI args."""
+
+import argparse
+import json
+
+import pytest
+
+from discovery import eds
+from discovery.metrics import Metrics
+from discovery.model import Host, InvalidRegistration, parse_endpoint, parse_registration
+from discovery.server import listen_address, parse_args
+
+FORM = {"ip": "10.0.0.1", "port": "80", "revision": "r", "service_repo_name": "s",
+        "tags": json.dumps({"az": "a", "region": "r", "instance_id": "i"})}
+
+
+def host(ip, port=80, az="a", region="r", **tags):
+    return Host("svc", ip, port, "r", "svc", {"az": az, "region": region, "instance_id": "i", **tags}, 1.0)
+
+
+def test_a_good_form_becomes_a_host_with_normalised_ip():
+    got = parse_registration("svc", dict(FORM, ip="FD00:0:0::1", port=" 443 "), now=5.0)
+    assert (got.ip_address, got.port, got.last_check_in, got.key) == ("fd00::1", 443, 5.0, "[fd00::1]:443")
+
+
+@pytest.mark.parametrize("field, value", [("ip", "1.2.3"), ("port", "1e3"), ("tags", '"a string"'),
+                                          ("tags.load_balancing_weight", 100.0)])
+def test_the_error_names_the_field(field, value):
+    form = dict(FORM)
+    if field.startswith("tags."):
+        form["tags"] = json.dumps({**json.loads(FORM["tags"]), "load_balancing_weight": value})
+    else:
+        form[field] = value
+    with pytest.raises(InvalidRegistration) as err:
+        parse_registration("svc", form, now=0.0)
+    assert err.value.field == field and str(err.value).startswith(field + ":")
+
+
+def test_weight_bounds_are_inclusive():
+    for weight in (1, 100):
+        tags = json.dumps({**json.loads(FORM["tags"]), "load_balancing_weight": weight})
+        assert parse_registration("svc", dict(FORM, tags=tags), 0.0).tags["load_balancing_weight"] == weight
+
+
+@pytest.mark.parametrize("text, expected", [("10.0.0.1:80", ("10.0.0.1", 80)), ("10.0.0.1", ("10.0.0.1", None)),
+                                            ("[fd00::1]:8080", ("fd00::1", 8080)), ("fd00::1", ("fd00::1", None))])
+def test_endpoint_paths(text, expected):
+    assert parse_endpoint(text) == expected
+
+
+def test_localities_group_by_region_and_az_in_a_stable_order():
+    hosts = [host("10.0.0.3", az="b"), host("10.0.0.1", az="a"), host("10.0.0.2", az="a", region="r2")]
+    cla = eds.cluster_load_assignment("svc", hosts)
+    assert [(e["locality"]["region"], e["locality"]["zone"]) for e in cla["endpoints"]] == [
+        ("r", "a"), ("r", "b"), ("r2", "a")]
+    assert cla == eds.cluster_load_assignment("svc", list(reversed(hosts)))
+
+
+def test_version_follows_content_only():
+    one = [eds.cluster_load_assignment("svc", [host("10.0.0.1")])]
+    same = [eds.cluster_load_assignment("svc", [host("10.0.0.1")])]
+    heavier = [eds.cluster_load_assignment("svc", [host("10.0.0.1", load_balancing_weight=2)])]
+    assert eds.version_of(one) == eds.version_of(same) != eds.version_of(heavier)
+
+
+def test_requested_clusters_accepts_both_json_spellings_and_dedups():
+    assert eds.requested_clusters({"resourceNames": ["b", "a", "b"]}) == ["a", "b"]
+    assert eds.requested_clusters({}) == []
+    with pytest.raises(ValueError, match="resource_names"):
+        eds.requested_clusters({"resource_names": [1]})
+
+
+def test_metrics_text_escapes_labels_and_keeps_big_counts_exact():
+    metrics = Metrics()
+    metrics.inc("discovery_registrations_total", 1234567, result="ok")
+    text = metrics.render({'we"ird\\svc': 3})
+    assert 'discovery_registrations_total{result="ok"} 1234567\n' in text
+    assert 'discovery_hosts{service="we\\"ird\\\\svc"} 3\n' in text
+
+
+def test_cli_arguments():
+    args = parse_args(["--listen", "0.0.0.0:9000", "--redis", "redis://x", "--ttl", "30"])
+    assert (args.listen, args.redis, args.ttl) == (("0.0.0.0", 9000), "redis://x", 30.0)
+    with pytest.raises(argparse.ArgumentTypeError):
+        listen_address("nope")
+    with pytest.raises(SystemExit):
+        parse_args(["--redis", "redis://x", "--sqlite", "/tmp/x"])
