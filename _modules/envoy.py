@@ -11,6 +11,7 @@ sandbox directory without privileges.
 
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import logging
@@ -18,10 +19,13 @@ import os
 import posixpath
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
@@ -693,9 +697,964 @@ def install_bundle(source, sha256=None, keep=None, limits=None, **kwargs):
 
 
 # --- config: render and validate (issue: manifest, pillar and config generator) ---------------
+# The generator and the validating envoy always come from the *current* bundle, run as their own
+# processes (the bundle's code is never imported into the minion). Private keys are inlined in the
+# config, so any text that may reach state output, comments or logs goes through _cfg_redact.
+
+CFG_ADMIN_ADDRESS = "127.0.0.1"
+CFG_CONFIGGEN_TIMEOUT = 300
+CFG_VALIDATE_TIMEOUT = 300
+CFG_EXIT_BAD_INPUT = 2
+_CFG_PRIVATE_KEY = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----", re.S)
+_CFG_ENVOY_LOG = re.compile(r"^\[[^\]]*\]\[\d+\]\[(?:critical|error)\]\[[^\]]*\] (?:\[[^\]]*\] )?(.*)$")
+
+
+def _cfg_redact(text):
+    """Every PEM private key (raw or JSON-escaped) replaced by a marker with a short digest, so a
+    diff still shows that a key changed without showing the key."""
+    def marker(match):
+        digest = hashlib.sha256(match.group(0).encode()).hexdigest()[:12]
+        return f"<redacted private key sha256:{digest}>"
+
+    return _CFG_PRIVATE_KEY.sub(marker, text or "")
+
+
+def redact(text):
+    """
+    ``text`` with every PEM private key replaced by ``<redacted private key sha256:...>``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.redact "$(cat envoy.yaml)"
+    """
+    return _cfg_redact(text)
+
+
+def _cfg_host_facts(host):
+    """What the generator needs to know about this host (docs/manifest.md, "Host facts")."""
+    return {
+        "node_id": str(__grains__.get("id") or __opts__.get("id") or "envoy"),
+        "admin_address": CFG_ADMIN_ADDRESS,
+        "admin_port": int(host["admin_port"]),
+        "log_dir": host["log_dir"],
+    }
+
+
+def _cfg_pillar():
+    pillar = __pillar__.get("envoy", {}) if hasattr(__pillar__, "get") else {}
+    return pillar if isinstance(pillar, dict) else {}
+
+
+def _cfg_bundle_file(host, *parts):
+    path = os.path.join(host["current_dir"], *parts)
+    if not os.path.exists(path):
+        raise CommandExecutionError(
+            f"no Envoy bundle is installed: {path} does not exist (apply envoy.bundle first)")
+    return path
+
+
+def _cfg_run_generator(host):
+    launcher = _cfg_bundle_file(host, "bin", "envoy-configgen")
+    facts = json.dumps({"pillar": _cfg_pillar(), "host": _cfg_host_facts(host)}, default=str, sort_keys=True)
+    try:
+        proc = subprocess.run(
+            [sys.executable, launcher, "--manifest-dir", host["manifest_dir"], "--facts", "-"],
+            input=facts, capture_output=True, text=True, timeout=CFG_CONFIGGEN_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise CommandExecutionError(f"envoy-configgen took more than {CFG_CONFIGGEN_TIMEOUT}s") from exc
+    if proc.returncode == CFG_EXIT_BAD_INPUT:
+        raise CommandExecutionError("bad manifest or pillar:\n" + _cfg_redact(proc.stderr).strip())
+    if proc.returncode != 0:
+        tail = "\n".join(_cfg_redact(proc.stderr).strip().splitlines()[-20:])
+        raise CommandExecutionError(f"envoy-configgen failed (exit {proc.returncode}):\n{tail}")
+    return proc.stdout
+
+
+def render(redact=True, **kwargs):
+    """
+    This host's Envoy config, rendered by the current bundle's generator from the manifests in
+    ``manifest_dir``, pillar ``envoy`` and the host facts. Private keys are redacted unless
+    ``redact=False``. Bad input raises an error naming the file and field.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.render
+        salt-call envoy.render redact=False --out txt
+    """
+    host = settings(**kwargs)
+    text = _cfg_run_generator(host)
+    return _cfg_redact(text) if redact else text
+
+
+def _cfg_run_as(host):
+    """(uid, gid) to validate as: the envoy user when we are root and it exists, else None."""
+    if os.geteuid() != 0 or host["user"] == "root":
+        return None
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(host["user"])
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _cfg_envoy_error(output):
+    """Envoy's own error lines without the log prefixes (the whole tail when there are none)."""
+    lines = [m.group(1) for m in map(_CFG_ENVOY_LOG.match, output.splitlines()) if m]
+    text = "\n".join(lines) if lines else "\n".join(output.strip().splitlines()[-20:])
+    return _cfg_redact(" ".join(text.split(" ")).strip())
+
+
+def _cfg_validate_file(host, source_path):
+    """Copy the config into a private dir as ``envoy.yaml`` (Envoy picks the format by extension;
+    the envoy user must be able to read it) and run ``envoy --mode validate`` on it."""
+    binary = _cfg_bundle_file(host, "bin", "envoy")
+    run_as = _cfg_run_as(host)
+    workdir = tempfile.mkdtemp(prefix="envoy-validate-")
+    try:
+        path = os.path.join(workdir, "envoy.yaml")
+        shutil.copyfile(source_path, path)
+        os.chmod(path, 0o600)
+        if run_as:
+            os.chown(workdir, *run_as)
+            os.chown(path, *run_as)
+        extra = {"user": run_as[0], "group": run_as[1], "extra_groups": []} if run_as else {}
+        proc = subprocess.run([binary, "--mode", "validate", "--log-level", "error", "-c", path],
+                              capture_output=True, text=True, timeout=CFG_VALIDATE_TIMEOUT, check=False,
+                              cwd=workdir, **extra)
+    except subprocess.TimeoutExpired as exc:
+        raise CommandExecutionError(f"envoy --mode validate took more than {CFG_VALIDATE_TIMEOUT}s") from exc
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if proc.returncode == 0:
+        return {"ok": True, "error": ""}
+    return {"ok": False, "error": _cfg_envoy_error(proc.stderr + "\n" + proc.stdout)}
+
+
+def validate(path=None, **kwargs):
+    """
+    Check a config with the current bundle's ``envoy --mode validate`` (as the envoy user when
+    run as root). Without ``path``: this host's freshly rendered config. Returns ``ok`` and Envoy's
+    own error text (private keys redacted).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.validate
+        salt-call envoy.validate path=/etc/envoy/envoy.yaml
+    """
+    host = settings(**kwargs)
+    if path is not None:
+        if not os.path.isfile(path):
+            raise CommandExecutionError(f"{path}: no such file")
+        return _cfg_validate_file(host, path)
+    text = _cfg_run_generator(host)
+    workdir = tempfile.mkdtemp(prefix="envoy-render-")
+    try:
+        rendered = os.path.join(workdir, "envoy.yaml")
+        with open(os.open(rendered, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return _cfg_validate_file(host, rendered)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
 
 
 # --- operations: supervisor, hot restart, admin API (issue: hot restart done right) -----------
+#
+# The restarter (bundle: envoy_bundle/restarter.py) supervises Envoy's epochs and keeps a JSON
+# status file in run_dir; these functions start and stop it (systemd unit or a detached daemon),
+# read its status, signal it, and talk to Envoy's admin API on 127.0.0.1 (always with timeouts).
+
+RESTART_DEFAULTS = {
+    # Per role: service-to-service connections are short; the edge keeps long-lived clients longer.
+    "roles": {
+        "sidecar": {"drain_time_s": 60, "parent_shutdown_time_s": 90},
+        "front": {"drain_time_s": 300, "parent_shutdown_time_s": 450},
+    },
+    "live_timeout_s": 60,  # a new epoch not LIVE by then is a failed restart
+    "stop_timeout_s": 30,  # SIGTERM, then SIGKILL
+    "full_restart_drain_s": None,  # health check failing before a full restart; None: drain_time_s
+    "concurrency": None,  # Envoy's worker threads; None: Envoy's default (one per core)
+    "envoy_args": [],
+}
+RESTART_KEYS = ("drain_time_s", "parent_shutdown_time_s", "live_timeout_s", "stop_timeout_s",
+                "full_restart_drain_s", "concurrency", "envoy_args")
+OP_STATUS_FILE = "status.json"
+OP_PID_FILE = "restarter.pid"
+OP_LOCK_FILE = "restart.lock"
+OP_ADMIN_TIMEOUT = 3.0
+SYSTEMD_UNIT = "envoy.service"
+SYSTEMD_UNIT_DIR = "/etc/systemd/system"
+_OP_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never via a proxy
+
+
+def restart_settings(**kwargs):
+    """
+    Hot restart timings for this host: the longest of its roles' defaults (pillar ``envoy:roles``),
+    then pillar ``envoy:restart:roles:<role>``, then the flat keys of ``envoy:restart``, then kwargs.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.restart_settings
+    """
+    pillar = __salt__["config.get"]("envoy:restart", {}) or {}
+    roles = __salt__["config.get"]("envoy:roles", ["sidecar"]) or ["sidecar"]
+    merged = {k: v for k, v in RESTART_DEFAULTS.items() if k != "roles"}
+    merged["drain_time_s"] = merged["parent_shutdown_time_s"] = 0
+    role_tables = {**RESTART_DEFAULTS["roles"]}
+    for role, values in (pillar.get("roles") or {}).items():
+        role_tables[role] = {**role_tables.get(role, {}), **(values or {})}
+    for role in roles:
+        for key, value in role_tables.get(role, RESTART_DEFAULTS["roles"]["sidecar"]).items():
+            merged[key] = max(merged.get(key) or 0, value)
+    for source in (pillar, kwargs):
+        merged.update({k: v for k, v in source.items() if k in RESTART_KEYS and v is not None})
+    for key in ("drain_time_s", "parent_shutdown_time_s", "live_timeout_s", "stop_timeout_s"):
+        if not isinstance(merged[key], (int, float)) or merged[key] <= 0:
+            raise CommandExecutionError(f"pillar envoy:restart:{key}={merged[key]!r}: expected a positive number")
+    if merged["drain_time_s"] >= merged["parent_shutdown_time_s"]:
+        raise CommandExecutionError(
+            f"pillar envoy:restart: drain_time_s={merged['drain_time_s']} must be below "
+            f"parent_shutdown_time_s={merged['parent_shutdown_time_s']}")
+    if merged["full_restart_drain_s"] is None:
+        merged["full_restart_drain_s"] = merged["drain_time_s"]
+    return merged
+
+
+def supervisor(**kwargs):
+    """
+    ``systemd`` or ``daemon``: ``auto`` is systemd when the init grain says systemd, the host is not
+    a sandbox (no ``root``), we are root and /etc/systemd/system is writable.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.supervisor
+    """
+    host = settings(**kwargs)
+    kind = host["supervisor"]
+    if kind in ("systemd", "daemon"):
+        return kind
+    if kind != "auto":
+        raise CommandExecutionError(f"envoy:lookup:supervisor={kind!r}: expected systemd, daemon or auto")
+    if (__grains__.get("init") == "systemd" and not host["root"] and os.geteuid() == 0
+            and os.access(SYSTEMD_UNIT_DIR, os.W_OK)):
+        return "systemd"
+    return "daemon"
+
+
+def restarter_command(**kwargs):
+    """
+    The restarter's command line for this host (the systemd unit's ExecStart uses it too).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.restarter_command
+    """
+    host = settings(**kwargs)
+    timing = restart_settings(**kwargs)
+    command = [
+        sys.executable, os.path.join(host["current_dir"], "bin", "envoy-restarter"),
+        "--install-dir", host["install_dir"], "--config", host["config_file"],
+        "--base-id", str(host["base_id"]), "--admin-port", str(host["admin_port"]),
+        "--run-dir", host["run_dir"], "--log-dir", host["log_dir"],
+        "--drain-time-s", str(int(timing["drain_time_s"])),
+        "--parent-shutdown-time-s", str(int(timing["parent_shutdown_time_s"])),
+        "--live-timeout-s", str(timing["live_timeout_s"]),
+        "--stop-timeout-s", str(timing["stop_timeout_s"]),
+    ]
+    if timing["concurrency"]:
+        command.append(f"--envoy-arg=--concurrency={int(timing['concurrency'])}")
+    command += [f"--envoy-arg={arg}" for arg in timing["envoy_args"]]
+    return command
+
+
+# -- the restarter's files and process --
+
+
+def _op_read_status(host):
+    try:
+        with open(os.path.join(host["run_dir"], OP_STATUS_FILE)) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
+def _op_cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return [part.decode("utf-8", "replace") for part in handle.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
+def _op_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _op_restarter_pid(host):
+    """The running restarter's pid for this host, or None (a stale pid file is ignored)."""
+    try:
+        with open(os.path.join(host["run_dir"], OP_PID_FILE)) as handle:
+            pid = int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+    cmdline = _op_cmdline(pid)
+    if _op_alive(pid) and any("envoy-restarter" in part or "restarter" in part for part in cmdline) \
+            and host["run_dir"] in cmdline:
+        return pid
+    return None
+
+
+def _op_is_our_envoy(pid, host):
+    """An envoy process started for this host's config and base id (never matched by name alone)."""
+    cmdline = _op_cmdline(pid)
+    if "--restart-epoch" not in cmdline or "-c" not in cmdline:
+        return False
+    try:
+        config = cmdline[cmdline.index("-c") + 1]
+        base_id = cmdline[cmdline.index("--base-id") + 1]
+    except (ValueError, IndexError):
+        return False
+    return config == host["config_file"] and base_id == str(host["base_id"])
+
+
+def _op_orphans(host):
+    """Envoy epochs of this host that no restarter supervises (it was killed): from the status
+    file and a scan of /proc for this host's exact config path and base id."""
+    pids = {e.get("pid") for e in _op_read_status(host).get("epochs", [])}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            pids.add(int(entry))
+    return sorted(p for p in pids if p and p != os.getpid() and _op_alive(p) and _op_is_our_envoy(p, host))
+
+
+def orphans(**kwargs):
+    """
+    Envoy epochs of this host that no restarter supervises (pids); ``envoy.start`` stops them.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.orphans
+    """
+    host = settings(**kwargs)
+    return [] if _op_restarter_pid(host) else _op_orphans(host)
+
+
+def _op_terminate(pids, timeout):
+    """SIGCONT+SIGTERM, then SIGKILL after ``timeout``; returns the pids that needed the KILL."""
+    for pid in pids:
+        for signum in (signal.SIGCONT, signal.SIGTERM):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+    deadline = time.monotonic() + timeout
+    while any(_op_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed = [p for p in pids if _op_alive(p)]
+    for pid in killed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return killed
+
+
+def _op_wait(predicate, timeout, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def _op_restart_lock(host, timeout):
+    """One restart at a time per host (fcntl lock in run_dir); yields True if we had to wait."""
+    os.makedirs(host["run_dir"], exist_ok=True)
+    path = os.path.join(host["run_dir"], OP_LOCK_FILE)
+    with open(path, "a+") as handle:
+        waited = False
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = True
+                if time.monotonic() >= deadline:
+                    raise CommandExecutionError(
+                        f"another run holds the restart lock {path} for more than {timeout:g}s") from None
+                time.sleep(0.1)
+        try:
+            yield waited
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _op_lock_timeout(timing):
+    return timing["live_timeout_s"] + timing["parent_shutdown_time_s"] + timing["full_restart_drain_s"] \
+        + 2 * timing["stop_timeout_s"] + 30
+
+
+# -- the admin API --
+
+
+def _op_admin(host, path, method="GET", timeout=OP_ADMIN_TIMEOUT):
+    """(status, body) from the admin API on 127.0.0.1; CommandExecutionError if unreachable."""
+    url = f"http://127.0.0.1:{host['admin_port']}{path}"
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with _OP_OPENER.open(request, timeout=timeout) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+    except (OSError, urllib.error.URLError) as exc:
+        raise CommandExecutionError(f"envoy admin {method} {url} failed: {exc}") from exc
+
+
+def _op_admin_post(host, path):
+    status, body = _op_admin(host, path, method="POST")
+    if status != 200:
+        raise CommandExecutionError(f"envoy admin POST {path} answered HTTP {status}: {body.strip()[:200]}")
+    return True
+
+
+def _op_server_info(host):
+    try:
+        status, body = _op_admin(host, "/server_info", timeout=1.5)
+        return json.loads(body) if status == 200 else {}
+    except (CommandExecutionError, ValueError):
+        return {}
+
+
+def _op_seconds(text):
+    try:
+        return int(str(text).rstrip("s"))
+    except ValueError:
+        return None
+
+
+def _op_binary_hot_restart_version(host):
+    binary = os.path.join(host["current_dir"], "bin", "envoy")
+    try:
+        proc = subprocess.run([binary, "--hot-restart-version"], capture_output=True, text=True,
+                              timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CommandExecutionError(f"{binary} --hot-restart-version failed: {exc}") from exc
+    version = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0 or not version:
+        raise CommandExecutionError(f"{binary} --hot-restart-version failed: {version or proc.returncode}")
+    return version
+
+
+def _op_running_hot_restart_version(host, status):
+    try:
+        code, body = _op_admin(host, "/hot_restart_version", timeout=1.5)
+        if code == 200 and body.strip():
+            return body.strip(), "admin /hot_restart_version"
+    except CommandExecutionError:
+        pass
+    # The admin listener is gone after a failed hot restart; the restarter recorded the version.
+    return status.get("hot_restart_version"), "the restarter's status file"
+
+
+def _op_current_bundle_id(host):
+    return os.path.basename(os.path.realpath(host["current_dir"]))
+
+
+def _op_file_sha256(path):
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 16), b""):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+# -- public operations --
+
+
+def status(**kwargs):
+    """
+    What runs: supervisor, restarter pid, epochs, LIVE or not, envoy and bundle versions, config hash
+    (on disk and running), uptime and the last restart.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.status
+    """
+    host = settings(**kwargs)
+    recorded = _op_read_status(host)
+    pid = _op_restarter_pid(host)
+    info = _op_server_info(host) if pid else {}
+    last = dict(recorded.get("last_restart") or {})
+    last.pop("log_tail", None)
+    return {
+        "supervisor": supervisor(**kwargs),
+        "running": pid is not None,
+        "restarter_pid": pid,
+        "live": info.get("state") == "LIVE",
+        "state": info.get("state") or ("admin unreachable" if pid else "stopped"),
+        "epoch": recorded.get("live_epoch") if pid else None,
+        "live_pid": recorded.get("live_pid") if pid else None,
+        "epochs": recorded.get("epochs", []) if pid else [],
+        "envoy_version": info.get("version"),
+        "hot_restart_version": recorded.get("hot_restart_version"),
+        "bundle": {"current": _op_current_bundle_id(host), "running": recorded.get("bundle_id") if pid else None},
+        "config_sha256": {"file": _op_file_sha256(host["config_file"]),
+                          "running": recorded.get("config_sha256") if pid else None},
+        "uptime_s": {"current_epoch": _op_seconds(info.get("uptime_current_epoch", "")),
+                     "all_epochs": _op_seconds(info.get("uptime_all_epochs", ""))},
+        "restart_seq": recorded.get("restart_seq"),
+        "last_restart": last or None,
+        "hot_restart_blocked": recorded.get("hot_restart_blocked"),
+        "crashes": recorded.get("crashes"),
+    }
+
+
+def _op_spawn_daemon(host, command):
+    """Start the restarter detached: double fork, new session, stdio to its log, cwd /."""
+    log_path = os.path.join(host["log_dir"], "restarter.log")
+    drop = os.geteuid() == 0 and host["user"] not in ("root", "")
+    if drop:
+        import grp
+        import pwd
+
+        uid, gid = pwd.getpwnam(host["user"]).pw_uid, grp.getgrnam(host["group"]).gr_gid
+        for path in (host["run_dir"], host["log_dir"]):
+            os.chown(path, uid, gid)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    child = os.fork()
+    if child == 0:  # pragma: no cover (runs in the forked child)
+        try:
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            os.chdir("/")
+            os.dup2(null_fd, 0)
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            os.closerange(3, 65536)
+            if drop:
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+            os.execv(command[0], command)
+        finally:
+            os._exit(127)
+    os.close(log_fd)
+    os.close(null_fd)
+    os.waitpid(child, 0)
+    return log_path
+
+
+def _op_tail(path, limit=2000):
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - limit))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _op_wait_first_epoch(host, timing, restarter_pid):
+    """After a start: LIVE (True, None), or the failure the restarter recorded (False, error)."""
+    def settled():
+        if not _op_alive(restarter_pid):
+            return "exited"
+        recorded = _op_read_status(host)
+        if recorded.get("restarter_pid") != restarter_pid:
+            return None
+        if recorded.get("live_epoch") is not None:
+            return "live"
+        last = recorded.get("last_restart") or {}
+        return "failed" if last.get("outcome") == "failed" else None
+
+    outcome = _op_wait(settled, timing["live_timeout_s"] + 10)
+    if outcome == "live":
+        return True, None
+    if outcome == "failed":
+        return False, (_op_read_status(host).get("last_restart") or {}).get("error")
+    if outcome == "exited":
+        return False, "the restarter exited: " + _op_tail(os.path.join(host["log_dir"], "restarter.log")).strip()
+    return False, f"envoy not LIVE after {timing['live_timeout_s'] + 10:g}s"
+
+
+def start(wait=True, **kwargs):
+    """
+    Start the supervisor (systemd unit or detached restarter) unless it runs; envoy epochs left
+    behind by a killed restarter are stopped first. With ``wait``, returns once epoch 0 is LIVE
+    or has failed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.start
+    """
+    host = settings(**kwargs)
+    timing = restart_settings(**kwargs)
+    kind = supervisor(**kwargs)
+    pid = _op_restarter_pid(host)
+    if pid:
+        return {"result": True, "started": False, "restarter_pid": pid, "supervisor": kind,
+                "comment": f"the restarter already runs (pid {pid})"}
+    orphans = _op_orphans(host)
+    if orphans:
+        log.warning("envoy: stopping epochs %s left without a restarter", orphans)
+        _op_terminate(orphans, timing["stop_timeout_s"])
+    for path in (host["run_dir"], host["log_dir"]):
+        os.makedirs(path, exist_ok=True)
+    if kind == "systemd":
+        result = __salt__["cmd.run_all"](["systemctl", "start", SYSTEMD_UNIT], python_shell=False)
+        if result["retcode"] != 0:
+            raise CommandExecutionError(f"systemctl start {SYSTEMD_UNIT} failed: {result['stderr']}")
+    else:
+        _op_spawn_daemon(host, restarter_command(**kwargs))
+    pid = _op_wait(lambda: _op_restarter_pid(host), 15)
+    if not pid:
+        tail = _op_tail(os.path.join(host["log_dir"], "restarter.log")).strip()
+        raise CommandExecutionError(f"the envoy restarter did not start: {tail or 'no log'}")
+    ret = {"result": True, "started": True, "restarter_pid": pid, "supervisor": kind, "orphans_stopped": orphans}
+    if wait:
+        ok, error = _op_wait_first_epoch(host, timing, pid)
+        ret.update(result=ok, error=error, epoch=_op_read_status(host).get("live_epoch"))
+    return ret
+
+
+def stop(**kwargs):
+    """
+    Stop the supervisor and every envoy epoch (SIGTERM, SIGKILL after the stop timeout).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.stop
+    """
+    host = settings(**kwargs)
+    timing = restart_settings(**kwargs)
+    pid = _op_restarter_pid(host)
+    if supervisor(**kwargs) == "systemd":
+        result = __salt__["cmd.run_all"](["systemctl", "stop", SYSTEMD_UNIT], python_shell=False)
+        if result["retcode"] != 0:
+            raise CommandExecutionError(f"systemctl stop {SYSTEMD_UNIT} failed: {result['stderr']}")
+    elif pid:
+        # The restarter ends its epochs itself (TERM, then KILL after its own stop timeout).
+        _op_terminate([pid], timing["stop_timeout_s"] + 10)
+    orphans = _op_orphans(host)
+    if orphans:
+        _op_terminate(orphans, timing["stop_timeout_s"])
+    return {"result": True, "stopped": pid is not None, "restarter_pid": pid, "orphans_stopped": orphans}
+
+
+def _op_send_hup(host, timing, pid):
+    """SIGHUP the restarter and wait for the attempt that covers it: (outcome, last_restart)."""
+    before = _op_read_status(host).get("hups", 0)
+    os.kill(pid, signal.SIGHUP)
+    counted = _op_wait(lambda: (_op_read_status(host).get("hups") or 0) > before and _op_read_status(host), 10)
+    if not counted:
+        raise CommandExecutionError(f"the restarter (pid {pid}) did not acknowledge SIGHUP within 10s")
+    hup = counted["hups"]
+
+    def finished():
+        if not _op_alive(pid):
+            return {"outcome": "failed", "error": "the restarter exited during the hot restart"}
+        last = _op_read_status(host).get("last_restart") or {}
+        if (last.get("hup") or 0) >= hup and last.get("outcome") in ("success", "failed", "refused"):
+            return last
+        return None
+
+    # A parent still draining defers the HUP for up to its shutdown time.
+    timeout = timing["parent_shutdown_time_s"] + timing["live_timeout_s"] + 15
+    last = _op_wait(finished, timeout)
+    if not last:
+        raise CommandExecutionError(f"no outcome for the hot restart after {timeout:g}s")
+    return last
+
+
+def _op_hot_restart_locked(host, timing):
+    pid = _op_restarter_pid(host)
+    if not pid:
+        raise CommandExecutionError("the envoy restarter is not running (envoy.start first)")
+    started = time.monotonic()
+    last = _op_send_hup(host, timing, pid)
+    ok = last.get("outcome") == "success"
+    return {"result": ok, "kind": "hot", "outcome": last.get("outcome"), "epoch": last.get("epoch"),
+            "error": None if ok else last.get("error"), "exit_code": last.get("exit_code"),
+            "duration_s": round(time.monotonic() - started, 3)}
+
+
+def hot_restart(**kwargs):
+    """
+    SIGHUP the restarter and wait until the new epoch is LIVE or its failure is recorded. The old
+    epoch keeps serving when the new one fails.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.hot_restart
+    """
+    host = settings(**kwargs)
+    timing = restart_settings(**kwargs)
+    with _op_restart_lock(host, _op_lock_timeout(timing)):
+        return _op_hot_restart_locked(host, timing)
+
+
+def _op_full_restart_locked(host, timing, kwargs):
+    started = time.monotonic()
+    steps = []
+    try:
+        _op_admin_post(host, "/healthcheck/fail")
+        steps.append("healthcheck failed")
+        time.sleep(timing["full_restart_drain_s"])
+        steps.append(f"drained {timing['full_restart_drain_s']:g}s")
+    except CommandExecutionError as exc:
+        steps.append(f"no drain ({exc})")
+    stop(**kwargs)
+    steps.append("stopped")
+    started_ret = start(**kwargs)
+    ok = started_ret["result"]
+    if ok:
+        with contextlib.suppress(CommandExecutionError):
+            _op_admin_post(host, "/healthcheck/ok")
+        steps.append("started at epoch 0")
+    return {"result": ok, "kind": "full", "outcome": "success" if ok else "failed", "epoch": started_ret.get("epoch"),
+            "error": started_ret.get("error"), "steps": steps, "duration_s": round(time.monotonic() - started, 3)}
+
+
+def full_restart(**kwargs):
+    """
+    A drained full restart: ``/healthcheck/fail``, wait out the drain window, stop, start at epoch 0,
+    ``/healthcheck/ok``. For a binary whose hot restart version differs from the running one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.full_restart
+    """
+    host = settings(**kwargs)
+    timing = restart_settings(**kwargs)
+    with _op_restart_lock(host, _op_lock_timeout(timing)):
+        return _op_full_restart_locked(host, timing, kwargs)
+
+
+def restart_kind(**kwargs):
+    """
+    Which restart applying the current bundle and config needs: ``start`` (nothing runs), ``hot``
+    (same hot restart version) or ``full`` (another version, or hot restart blocked), with the reason.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.restart_kind
+    """
+    host = settings(**kwargs)
+    if not _op_restarter_pid(host):
+        return {"kind": "start", "reason": "the envoy restarter is not running"}
+    recorded = _op_read_status(host)
+    new_version = _op_binary_hot_restart_version(host)
+    running_version, source = _op_running_hot_restart_version(host, recorded)
+    ret = {"new_hot_restart_version": new_version, "running_hot_restart_version": running_version}
+    if recorded.get("hot_restart_blocked"):
+        return {**ret, "kind": "full", "reason": recorded["hot_restart_blocked"]}
+    if not running_version:
+        return {**ret, "kind": "full", "reason": "the running envoy's hot restart version is unknown"}
+    if running_version != new_version:
+        return {**ret, "kind": "full", "reason": f"hot restart version {new_version} of the current bundle differs "
+                                                 f"from {running_version} of the running envoy ({source})"}
+    return {**ret, "kind": "hot", "reason": f"same hot restart version {new_version}"}
+
+
+def _op_process_start_time():
+    """When this process (the salt run) started, in epoch seconds (from /proc)."""
+    try:
+        with open("/proc/self/stat") as handle:
+            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+def _op_already_applied(host, since):
+    """Another run restarted onto exactly the current bundle and config after ``since``."""
+    recorded = _op_read_status(host)
+    live = next((e for e in recorded.get("epochs", []) if e.get("epoch") == recorded.get("live_epoch")), None)
+    return bool(live and live.get("started_at", 0) >= since
+                and live.get("bundle_id") == _op_current_bundle_id(host)
+                and live.get("config_sha256") == _op_file_sha256(host["config_file"]))
+
+
+def rollback_config(**kwargs):
+    """
+    Put ``envoy.yaml.prev`` back as ``envoy.yaml`` (atomically; the running Envoy is not touched).
+    Returns False when there is no previous config.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.rollback_config
+    """
+    host = settings(**kwargs)
+    previous = host["config_file"] + ".prev"
+    if not os.path.exists(previous):
+        return False
+    tmp = f"{host['config_file']}.rollback.{os.getpid()}.yaml"
+    shutil.copy2(previous, tmp)
+    os.replace(tmp, host["config_file"])
+    return True
+
+
+def reload(since=None, rollback=True, **kwargs):
+    """
+    Apply the current bundle and config to the running Envoy: start it if nothing runs, else a hot
+    restart (same hot restart version) or a drained full restart. One at a time per host (a lock);
+    a run that waited and finds another run already restarted onto the same bundle and config after
+    ``since`` (default: when this process started) does nothing. If the new epoch fails, the previous
+    config is put back (``rollback``) and the result is False with Envoy's error.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.reload
+    """
+    host = settings(**kwargs)
+    timing = restart_settings(**kwargs)
+    since = _op_process_start_time() if since is None else since
+    with _op_restart_lock(host, _op_lock_timeout(timing)):
+        if _op_already_applied(host, since):
+            recorded = _op_read_status(host)
+            return {"result": True, "kind": "none", "epoch": recorded.get("live_epoch"),
+                    "comment": "another run already restarted envoy onto this bundle and config"}
+        plan = restart_kind(**kwargs)
+        if plan["kind"] == "start":
+            out = start(**kwargs)
+            out.update(kind="start", reason=plan["reason"])
+        elif plan["kind"] == "hot":
+            out = _op_hot_restart_locked(host, timing)
+        else:
+            out = _op_full_restart_locked(host, timing, kwargs)
+        out["reason"] = plan["reason"]
+        if not out["result"] and rollback:
+            out["rolled_back"] = _op_rollback_and_recover(host, timing, kwargs)
+        return out
+
+
+def _op_rollback_and_recover(host, timing, kwargs):
+    """After a failed restart: the previous config goes back; if no Envoy is LIVE any more (a
+    failed full restart), wait for the restarter's next cold start, which reads the restored file."""
+    rolled = rollback_config(**kwargs)
+    if rolled and not _op_server_info(host).get("state") == "LIVE":
+        pid = _op_restarter_pid(host)
+        if pid:
+            _op_wait(lambda: _op_read_status(host).get("live_epoch") is not None,
+                     timing["live_timeout_s"] + 35)
+        else:
+            start(**kwargs)
+    return rolled
+
+
+def stats(filter=None, prefix=None, **kwargs):
+    """
+    Envoy counters and gauges as {name: value}, filtered by a regex (``filter``) or a ``prefix``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.stats prefix=listener.
+    """
+    host = settings(**kwargs)
+    regex = filter or (f"^{re.escape(prefix)}" if prefix else None)
+    path = "/stats?format=json" + (f"&filter={urllib.parse.quote(regex)}" if regex else "")
+    code, body = _op_admin(host, path)
+    if code != 200:
+        raise CommandExecutionError(f"envoy admin GET /stats answered HTTP {code}: {body.strip()[:200]}")
+    return {s["name"]: s["value"] for s in json.loads(body).get("stats", []) if "value" in s}
+
+
+def drain(graceful=True, inbound_only=False, **kwargs):
+    """
+    Drain the listeners (``POST /drain_listeners``): Envoy stops accepting and closes connections.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.drain
+    """
+    host = settings(**kwargs)
+    query = "&".join(q for q, on in (("graceful", graceful), ("inboundonly", inbound_only)) if on)
+    return _op_admin_post(host, "/drain_listeners" + (f"?{query}" if query else ""))
+
+
+def healthcheck_fail(**kwargs):
+    """
+    Make the health_check filter answer 503 so load balancers and discovery drain this host.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.healthcheck_fail
+    """
+    return _op_admin_post(settings(**kwargs), "/healthcheck/fail")
+
+
+def healthcheck_ok(**kwargs):
+    """
+    Undo ``healthcheck_fail``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.healthcheck_ok
+    """
+    return _op_admin_post(settings(**kwargs), "/healthcheck/ok")
+
+
+def reopen_logs(**kwargs):
+    """
+    Reopen Envoy's access logs (after rotation).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.reopen_logs
+    """
+    return _op_admin_post(settings(**kwargs), "/reopen_logs")
+
 
 
 # --- discovery registration (issue: service discovery) ----------------------------------------

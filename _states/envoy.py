@@ -7,6 +7,9 @@ with a readable comment. Secrets never reach ``changes`` or ``comment``.
 """
 
 import logging
+import os
+import shutil
+import tempfile
 
 from salt.exceptions import CommandExecutionError
 
@@ -79,5 +82,252 @@ def bundle_installed(name, sha256=None, keep=None, **kwargs):
 
 # --- config ------------------------------------------------------------------------------------
 
+_CONFIG_MODE = 0o640
+_CONFIG_KEYS = ("root", "install_dir", "config_dir", "manifest_dir", "log_dir", "user", "group", "admin_port")
+
+
+def _config_opts(kwargs):
+    return {k: v for k, v in kwargs.items() if k in _CONFIG_KEYS}
+
+
+def _config_read(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _config_diff(path, old, new):
+    import difflib
+
+    diff = difflib.unified_diff((old or "").splitlines(keepends=True), new.splitlines(keepends=True),
+                                fromfile=path if old is not None else "/dev/null", tofile=path)
+    return __salt__["envoy.redact"]("".join(diff))
+
+
+def _config_owner(group):
+    """(uid, gid) for the config file when root: root and the envoy group, so Envoy can read it."""
+    if os.geteuid() != 0:
+        return None
+    import grp
+
+    try:
+        return 0, grp.getgrnam(group).gr_gid
+    except KeyError:
+        return 0, 0
+
+
+def _config_write_temp(directory, text, group):
+    fd, tmp = tempfile.mkstemp(prefix=".envoy.yaml.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, _CONFIG_MODE)
+        owner = _config_owner(group)
+        if owner:
+            os.fchown(fd, *owner)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _config_install(name, tmp):
+    """The live config becomes ``.prev`` (a hard link, then rename: both steps atomic), the
+    validated temp file becomes the live config."""
+    if os.path.exists(name):
+        prev_tmp = name + f".prev.{os.getpid()}.tmp"
+        if os.path.exists(prev_tmp):
+            os.unlink(prev_tmp)
+        os.link(name, prev_tmp)
+        os.replace(prev_tmp, name + ".prev")
+    os.replace(tmp, name)
+    dir_fd = os.open(os.path.dirname(name), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def config_managed(name, **kwargs):
+    """
+    This host's Envoy config at ``name``: rendered by the current bundle's generator (manifests,
+    pillar ``envoy``, host facts), validated by the current bundle's envoy, then written atomically
+    (mode 0640) with the previous config kept as ``<name>.prev`` for rollback. Changes carry a
+    unified diff with private keys redacted. Any error (bad manifest or pillar, Envoy rejects the
+    config, no bundle) gives result False and leaves the file as it was.
+
+    .. code-block:: yaml
+
+        envoy-config-file-managed:
+          envoy.config_managed:
+            - name: /etc/envoy/envoy.yaml
+            - require:
+              - envoy: envoy-bundle-installed
+    """
+    ret = _ret(name)
+    opts = _config_opts(kwargs)
+    try:
+        host = __salt__["envoy.settings"](**opts)
+        new = __salt__["envoy.render"](redact=False, **opts)
+    except CommandExecutionError as exc:
+        ret.update(result=False, comment=f"{name} not changed: {exc}")
+        return ret
+    old = _config_read(name)
+    mode_ok = old is None or (os.stat(name).st_mode & 0o777) == _CONFIG_MODE
+    if old == new and mode_ok:
+        ret["comment"] = f"{name} is up to date"
+        return ret
+    if old == new:
+        ret["changes"] = {"mode": oct(_CONFIG_MODE)}
+    else:
+        ret["changes"] = {"diff": _config_diff(name, old, new)}
+        if old is not None:
+            ret["changes"]["previous"] = name + ".prev"
+    try:
+        return _config_apply(name, ret, host, new, changed=old != new)
+    except (CommandExecutionError, OSError) as exc:
+        ret.update(result=False, changes={}, comment=f"{name} not changed: {__salt__['envoy.redact'](str(exc))}")
+        return ret
+
+
+def _config_apply(name, ret, host, new, changed):
+    opts = {k: host[k] for k in _CONFIG_KEYS if k in host}
+    if not changed:  # only the mode drifted
+        if __opts__["test"]:
+            ret.update(result=None, comment=f"{name} would get mode {oct(_CONFIG_MODE)}")
+        else:
+            os.chmod(name, _CONFIG_MODE)
+            ret["comment"] = f"{name} set to mode {oct(_CONFIG_MODE)}"
+        return ret
+    directory = os.path.dirname(name)
+    if __opts__["test"]:
+        # Validate from a private temp dir: test=True writes nothing next to the live config.
+        workdir = tempfile.mkdtemp(prefix="envoy-config-test-")
+        try:
+            verdict = __salt__["envoy.validate"](path=_config_write_temp(workdir, new, host["group"]), **opts)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if not verdict["ok"]:
+            ret.update(result=False, changes={}, comment=f"{name} would not be changed: envoy rejects the "
+                       f"rendered config: {verdict['error']}")
+            return ret
+        ret.update(result=None, comment=f"{name} would be updated (rendered config validated by envoy)")
+        return ret
+    os.makedirs(directory, exist_ok=True)
+    tmp = _config_write_temp(directory, new, host["group"])
+    try:
+        verdict = __salt__["envoy.validate"](path=tmp, **opts)
+        if not verdict["ok"]:
+            ret.update(result=False, changes={}, comment=f"{name} not changed: envoy rejects the rendered "
+                       f"config: {verdict['error']}")
+            return ret
+        _config_install(name, tmp)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    kept = f"; previous config kept as {name}.prev" if "previous" in ret["changes"] else ""
+    ret["comment"] = f"{name} updated (validated by envoy){kept}"
+    return ret
+
 
 # --- running / mod_watch -----------------------------------------------------------------------
+
+# What states pass on to the module: host settings (map.jinja's dict) and restart timings.
+_RUNNING_KEYS = ("root", "install_dir", "config_dir", "manifest_dir", "log_dir", "run_dir", "user", "group",
+                 "base_id", "admin_port", "supervisor", "drain_time_s", "parent_shutdown_time_s",
+                 "live_timeout_s", "stop_timeout_s", "full_restart_drain_s", "concurrency", "envoy_args")
+
+
+def _running_opts(kwargs):
+    return {k: v for k, v in kwargs.items() if k in _RUNNING_KEYS}
+
+
+def running(name, **kwargs):
+    """
+    Envoy runs under its supervisor (the restarter, as a systemd unit or a detached daemon). If the
+    restarter died and left an envoy behind, that envoy is stopped before the restarter starts again.
+    Watching the bundle and config states, a change hot restarts Envoy (see ``mod_watch``).
+
+    .. code-block:: yaml
+
+        envoy-service-running:
+          envoy.running:
+            - watch:
+              - envoy: envoy-bundle-installed
+              - envoy: envoy-config-file-managed
+    """
+    ret = _ret(name)
+    opts = _running_opts(kwargs)
+    try:
+        status = __salt__["envoy.status"](**opts)
+        if status["running"]:
+            ret["comment"] = (f"envoy runs under the restarter (pid {status['restarter_pid']}, "
+                              f"{status['supervisor']}), epoch {status['epoch']}, {status['state']}")
+            return ret
+        left_over = __salt__["envoy.orphans"](**opts)
+        ret["changes"] = {"started": True, "supervisor": status["supervisor"]}
+        if left_over:
+            ret["changes"]["orphans_stopped"] = left_over
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = f"envoy would be started ({status['supervisor']})" + (
+                f" after stopping orphaned envoy pids {left_over}" if left_over else "")
+            return ret
+        out = __salt__["envoy.start"](**opts)
+        ret["changes"].update(restarter_pid=out.get("restarter_pid"), epoch=out.get("epoch"))
+        if out["result"]:
+            ret["comment"] = f"started envoy under the restarter (pid {out['restarter_pid']}), epoch 0 LIVE"
+        else:
+            ret["result"] = False
+            ret["comment"] = f"started the restarter (pid {out['restarter_pid']}) but envoy is not LIVE: {out['error']}"
+    except CommandExecutionError as exc:
+        ret["result"] = False
+        ret["comment"] = str(exc)
+    return ret
+
+
+def mod_watch(name, sfun=None, **kwargs):
+    """
+    A watched bundle or config changed: hot restart when the current bundle's ``--hot-restart-version``
+    equals the running Envoy's, else a drained full restart; start Envoy if nothing runs. If the new
+    epoch fails, the previous config is put back and the result is False with Envoy's error. A lock
+    keeps concurrent runs from overlapping: a run that finds another run already restarted onto the
+    same bundle and config reports nothing to do.
+    """
+    ret = _ret(name)
+    opts = _running_opts(kwargs)
+    try:
+        plan = __salt__["envoy.restart_kind"](**opts)
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["changes"] = {"restart": plan["kind"]}
+            verb = {"start": "be started", "hot": "be hot restarted", "full": "get a drained full restart"}
+            ret["comment"] = f"envoy would {verb[plan['kind']]}: {plan['reason']}"
+            return ret
+        out = __salt__["envoy.reload"](**opts)
+    except CommandExecutionError as exc:
+        ret["result"] = False
+        ret["comment"] = str(exc)
+        return ret
+    if out["kind"] == "none":
+        ret["comment"] = out["comment"]
+        return ret
+    ret["changes"] = {"restart": out["kind"], "outcome": "success" if out["result"] else "failed",
+                      "epoch": out.get("epoch")}
+    for key in ("duration_s", "steps", "rolled_back"):
+        if key in out:
+            ret["changes"][key] = out[key]
+    kind = {"start": "start", "hot": "hot restart", "full": "drained full restart"}[out["kind"]]
+    if out["result"]:
+        ret["comment"] = f"envoy {kind} done: epoch {out.get('epoch')} LIVE ({out.get('reason')})"
+    else:
+        ret["result"] = False
+        ret["comment"] = f"envoy {kind} failed: {out.get('error')}" + (
+            "; the previous config was put back" if out.get("rolled_back") else "")
+        if out["kind"] == "hot":
+            ret["comment"] += "; the running epoch keeps serving"
+    return ret

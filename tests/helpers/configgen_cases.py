@@ -1,0 +1,56 @@
+"""Shared bits of the config generator tests: loading golden/bad cases, running envoy validate."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+TESTS = Path(__file__).resolve().parents[1]
+GOLDEN = TESTS / "golden"
+BAD = TESTS / "bad"
+GOLDEN_CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "pillar.yaml").exists())
+
+
+def load_yaml(path):
+    return yaml.safe_load(Path(path).read_text())
+
+
+def golden_host():
+    return load_yaml(GOLDEN / "host.yaml")
+
+
+def golden_inputs(case):
+    """(manifests as (path, text) with stable paths, pillar, host) for one golden case."""
+    case_dir = GOLDEN / case
+    manifest_dir = case_dir / "manifests"
+    manifests = []
+    if manifest_dir.is_dir():
+        for path in sorted(manifest_dir.glob("*.yaml")):
+            manifests.append((f"/etc/envoy/manifest.d/{path.name}", path.read_text()))
+    return manifests, load_yaml(case_dir / "pillar.yaml"), golden_host()
+
+
+def envoy_validate(envoy_bin, text, workdir, log_dir=None):
+    """Run the real ``envoy --mode validate`` on ``text``; the access log path is moved under
+    ``workdir`` because validation opens it. Returns (ok, output)."""
+    workdir = Path(workdir)
+    logs = workdir / "log"
+    logs.mkdir(exist_ok=True)
+    if log_dir:
+        text = text.replace(f'"{log_dir}/', f'"{logs}/')
+    path = workdir / "envoy.yaml"
+    path.write_text(text)
+    proc = subprocess.run([envoy_bin, "--mode", "validate", "--log-level", "error", "-c", str(path)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ})
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def deep_merge(base, extra):
+    merged = dict(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
