@@ -1306,7 +1306,7 @@ def start(wait=True, **kwargs):
     """
     Start the supervisor (systemd unit or detached restarter) unless it runs; envoy epochs left
     behind by a killed restarter are stopped first. With ``wait``, returns once epoch 0 is LIVE
-    or has failed.
+    or has failed. ``started`` says whether this call started it.
 
     CLI Example:
 
@@ -1316,6 +1316,11 @@ def start(wait=True, **kwargs):
     """
     host = settings(**kwargs)
     timing = restart_settings(**kwargs)
+    with _op_restart_lock(host, _op_lock_timeout(timing)):
+        return _op_start_locked(host, timing, kwargs, wait=wait)
+
+
+def _op_start_locked(host, timing, kwargs, wait=True):
     kind = supervisor(**kwargs)
     pid = _op_restarter_pid(host)
     if pid:
@@ -1356,6 +1361,11 @@ def stop(**kwargs):
     """
     host = settings(**kwargs)
     timing = restart_settings(**kwargs)
+    with _op_restart_lock(host, _op_lock_timeout(timing)):
+        return _op_stop_locked(host, timing, kwargs)
+
+
+def _op_stop_locked(host, timing, kwargs):
     pid = _op_restarter_pid(host)
     if supervisor(**kwargs) == "systemd":
         result = __salt__["cmd.run_all"](["systemctl", "stop", SYSTEMD_UNIT], python_shell=False)
@@ -1434,9 +1444,9 @@ def _op_full_restart_locked(host, timing, kwargs):
         steps.append(f"drained {timing['full_restart_drain_s']:g}s")
     except CommandExecutionError as exc:
         steps.append(f"no drain ({exc})")
-    stop(**kwargs)
+    _op_stop_locked(host, timing, kwargs)
     steps.append("stopped")
-    started_ret = start(**kwargs)
+    started_ret = _op_start_locked(host, timing, kwargs)
     ok = started_ret["result"]
     if ok:
         with contextlib.suppress(CommandExecutionError):
@@ -1557,7 +1567,7 @@ def reload(since=None, rollback=True, **kwargs):
                     "comment": "another run already restarted envoy onto this bundle and config"}
         plan = restart_kind(**kwargs)
         if plan["kind"] == "start":
-            out = start(**kwargs)
+            out = _op_start_locked(host, timing, kwargs)
             out.update(kind="start", reason=plan["reason"])
         elif plan["kind"] == "hot":
             out = _op_hot_restart_locked(host, timing)
@@ -1579,7 +1589,7 @@ def _op_rollback_and_recover(host, timing, kwargs):
             _op_wait(lambda: _op_read_status(host).get("live_epoch") is not None,
                      timing["live_timeout_s"] + 35)
         else:
-            start(**kwargs)
+            _op_start_locked(host, timing, kwargs)
     return rolled
 
 

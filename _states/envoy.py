@@ -278,6 +278,10 @@ def running(name, **kwargs):
                 f" after stopping orphaned envoy pids {left_over}" if left_over else "")
             return ret
         out = __salt__["envoy.start"](**opts)
+        if not out["started"]:  # another run started it while we waited for the lock
+            ret["changes"] = {}
+            ret["comment"] = out["comment"]
+            return ret
         ret["changes"].update(restarter_pid=out.get("restarter_pid"), epoch=out.get("epoch"))
         if out["result"]:
             ret["comment"] = f"started envoy under the restarter (pid {out['restarter_pid']}), epoch 0 LIVE"

@@ -39,7 +39,8 @@ class SaltCallError(RuntimeError):
 
 
 class SandboxHost:
-    def __init__(self, base, minion_id="sandbox", pillar=None, admin_port=None, base_id=0):
+    def __init__(self, base, minion_id="sandbox", pillar=None, admin_port=None, base_id=0,
+                 extra_file_roots=()):
         self.base = Path(base)
         self.minion_id = minion_id
         self.root = self.base / "root"
@@ -56,6 +57,8 @@ class SandboxHost:
                 link.symlink_to(REPO / sub)
         self.admin_port = admin_port or free_port()
         self.base_id = base_id
+        # Tests may serve their own small SLS trees next to the formula (e.g. a static config).
+        self.extra_file_roots = [str(p) for p in extra_file_roots]
         self.lookup = {
             "root": str(self.root),
             "user": getpass.getuser(),
@@ -86,7 +89,7 @@ class SandboxHost:
             "file_client": "local",
             "root_dir": str(self.base / "salt-root"),
             "user": getpass.getuser(),
-            "file_roots": {"base": [str(REPO / "salt"), str(self.ext_dir)]},
+            "file_roots": {"base": [str(REPO / "salt"), str(self.ext_dir), *self.extra_file_roots]},
             "pillar_roots": {"base": [str(self.pillar_dir)]},
             "log_level_logfile": "debug",
             "state_output": "mixed",

@@ -1,0 +1,257 @@
+"""
+``envoy.running`` and its ``mod_watch`` through the real ``salt-call --local`` on a sandbox host,
+with the real envoy under the real restarter (daemon supervisor). A tests-only SLS
+(tests/integration/sls/envoy_restart_test) manages a static config from pillar, keeps the previous
+one for rollback, and watches it with ``envoy.running``.
+
+The tests share one host and run in order: each starts from "envoy runs, LIVE".
+"""
+
+import json
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.envoy_host import (
+    UpstreamApp,
+    envoy_config,
+    kill_pids,
+    make_release,
+    pid_alive,
+    read_status,
+    switch_current,
+    version_wrapper,
+    write_config,
+)
+from tests.helpers.net import free_port, http_get, wait_for
+from tests.helpers.sandbox import SandboxHost
+
+SLS_DIR = Path(__file__).resolve().parent / "sls"
+SLS = "envoy_restart_test"
+RUNNING = "envoy-restart-test-running"
+TIMINGS = {"drain_time_s": 2, "parent_shutdown_time_s": 3, "live_timeout_s": 20, "stop_timeout_s": 5,
+           "full_restart_drain_s": 1, "concurrency": 1}
+
+
+class Host:
+    """The sandbox host plus what the tests need to drive it."""
+
+    def __init__(self, base, envoy_bin):
+        self.envoy_bin = envoy_bin
+        self.app = UpstreamApp(name="state-app").start()
+        self.listener_port = free_port()
+        self.sandbox = SandboxHost(base, minion_id="restart-state", base_id=211,
+                                   extra_file_roots=[SLS_DIR])
+        self.paths = self.sandbox.settings
+        self.run_dir = self.paths["run_dir"]
+        self.config_file = Path(self.paths["config_file"])
+        self.install_dir = self.paths["install_dir"]
+        make_release(self.install_dir, "r1", envoy_bin)
+        switch_current(self.install_dir, "r1")
+        self.version = 0
+
+    def config(self, marker, extra_ports=()):
+        return envoy_config(self.sandbox.admin_port, self.listener_port, self.app.port,
+                            extra_listener_ports=extra_ports, marker=marker)
+
+    def set_config(self, marker, extra_ports=()):
+        text = self.config(marker, extra_ports)
+        self.sandbox.set_pillar({"envoy": {"restart": TIMINGS}, SLS: {"config": text}})
+        return text
+
+    def apply(self, test=False):
+        return self.sandbox.apply(SLS, test=test)
+
+    def status(self):
+        return read_status(self.run_dir)
+
+    def serves(self):
+        return http_get(f"http://127.0.0.1:{self.listener_port}/ping", timeout=3)[0] == 200
+
+    def live(self):
+        status = self.status() or {}
+        return status.get("live_epoch") is not None and pid_alive(status.get("restarter_pid") or 0)
+
+    def our_envoy_pids(self):
+        """Every process running envoy for this host's config (a /proc scan, exact config path)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--restart-epoch" in cmdline and str(self.config_file).encode() in cmdline \
+                    and pid_alive(int(entry)):
+                pids.append(int(entry))
+        return sorted(pids)
+
+    def cleanup(self):
+        self.sandbox.salt_call("envoy.stop", check=False, timeout=60)
+        status = self.status() or {}
+        kill_pids([status.get("restarter_pid"), *[e["pid"] for e in status.get("epochs", [])],
+                   *self.our_envoy_pids()])
+        self.app.stop()
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory, envoy_bin):
+    host = Host(tmp_path_factory.mktemp("state-host"), envoy_bin)
+    try:
+        write_config(host.config_file, host.set_config("v1"))
+        host.sandbox.sync()
+        yield host
+    finally:
+        host.cleanup()
+
+
+def running_result(out):
+    return out[RUNNING]
+
+
+def test_first_run_starts_envoy_then_is_idempotent(host):
+    out = host.apply()
+    assert all(r["result"] for r in out.values()), out
+    assert running_result(out)["changes"]["started"] is True
+    assert host.serves()
+    status = host.status()
+    assert status["live_epoch"] == 0 and status["bundle_id"] == "r1"
+    again = host.apply()
+    assert all(r["result"] is True and not r["changes"] for r in again.values()), again
+    assert host.status()["restart_seq"] == status["restart_seq"]
+
+
+def test_test_mode_predicts_a_hot_restart_and_touches_nothing(host):
+    before = host.status()
+    host.set_config("v2")
+    out = host.apply(test=True)
+    running = running_result(out)
+    assert running["result"] is None
+    assert running["changes"] == {"restart": "hot"}
+    assert "hot restarted" in running["comment"]
+    assert host.status()["restart_seq"] == before["restart_seq"]
+    assert json.loads(host.config_file.read_text())["node"]["cluster"] == "test-v1"
+
+
+def test_config_change_hot_restarts(host):
+    before = host.status()
+    host.set_config("v2")
+    running = running_result(host.apply())
+    assert running["result"] is True, running
+    assert running["changes"]["restart"] == "hot"
+    status = host.status()
+    assert status["live_epoch"] == before["live_epoch"] + 1
+    assert status["restarter_pid"] == before["restarter_pid"]
+    assert status["config_sha256"] != before["config_sha256"]
+    assert host.serves()
+
+
+def test_new_epoch_that_cannot_start_leaves_old_serving_and_rolls_back(host):
+    before = host.status()
+    good_config = host.config_file.read_text()
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    held_port = holder.getsockname()[1]
+    try:
+        # Validates (envoy --mode validate binds nothing), but the new listener's port is taken.
+        host.set_config("v3", extra_ports=[held_port])
+        running = running_result(host.apply())
+        assert running["result"] is False
+        assert "cannot bind" in running["comment"] and "previous config was put back" in running["comment"]
+        assert running["changes"]["rolled_back"] is True
+        status = host.status()
+        assert status["last_restart"]["outcome"] == "failed"
+        assert status["last_restart"]["exit_code"] not in (0, None)
+        assert "cannot bind" in status["last_restart"]["error"]
+        assert status["live_pid"] == before["live_pid"] and pid_alive(before["live_pid"])
+        assert host.serves()
+        assert host.config_file.read_text() == good_config
+        assert status["hot_restart_blocked"]
+    finally:
+        holder.close()
+    # Envoy refuses any further hot restart of that epoch: the next change takes the full restart.
+    out = host.apply(test=True)
+    assert running_result(out)["changes"] == {"restart": "full"}
+    running = running_result(host.apply())
+    assert running["result"] is True, running
+    assert running["changes"]["restart"] == "full"
+    status = host.status()
+    assert status["live_epoch"] == 0 and not status["hot_restart_blocked"]
+    assert host.serves()
+    assert http_get(f"http://127.0.0.1:{held_port}/ping", timeout=3)[0] == 200  # the new listener is up
+
+
+def test_other_hot_restart_version_takes_a_drained_full_restart(host, tmp_path):
+    wrapper = version_wrapper(tmp_path / "envoy-other-version", host.envoy_bin, "99.999")
+    make_release(host.install_dir, "r2", str(wrapper))
+    switch_current(host.install_dir, "r2")
+    host.set_config("v4")
+    planned = running_result(host.apply(test=True))
+    assert planned["changes"] == {"restart": "full"}
+    assert "99.999" in planned["comment"]
+    before = host.status()
+    running = running_result(host.apply())
+    assert running["result"] is True, running
+    assert running["changes"]["restart"] == "full"
+    assert running["changes"]["steps"][:2] == ["healthcheck failed", "drained 1s"]
+    status = host.status()
+    assert status["bundle_id"] == "r2" and status["live_epoch"] == 0
+    assert status["restarter_pid"] != before["restarter_pid"]
+    assert not pid_alive(before["live_pid"])
+    assert host.serves()
+    # Back to the real binary: its version equals the running envoy's (admin), so a hot restart.
+    switch_current(host.install_dir, "r1")
+    host.set_config("v5")
+    running = running_result(host.apply())
+    assert running["changes"]["restart"] == "hot", running
+
+
+def test_killed_restarter_is_recovered_without_an_orphan(host):
+    status = host.status()
+    orphan = status["live_pid"]
+    # Stopped, the envoy cannot act on the SIGTERM its parent's death sends it: a real orphan.
+    os.kill(orphan, signal.SIGSTOP)
+    os.kill(status["restarter_pid"], signal.SIGKILL)
+    wait_for(lambda: not pid_alive(status["restarter_pid"]), timeout=10, what="restarter gone")
+    assert pid_alive(orphan)
+    running = running_result(host.apply())
+    assert running["result"] is True, running
+    assert running["changes"]["orphans_stopped"] == [orphan]
+    assert not pid_alive(orphan)
+    after = host.status()
+    assert host.our_envoy_pids() == [after["live_pid"]]
+    assert host.serves()
+
+
+def test_two_salt_calls_at_once_restart_once(host):
+    host.apply()  # envoy runs (when this test runs alone)
+    before = host.status()
+    host.set_config("v6")
+    results = {}
+
+    def run(name):
+        # Salt itself turns a second plain state run away; concurrent=True gets both through to
+        # the states, so what keeps them from restarting twice is envoy.running's own lock.
+        _, ret = host.sandbox.salt_call("state.apply", SLS, "concurrent=True", check=False)
+        results[name] = {v["__id__"]: v for v in ret.values()}[RUNNING]
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    assert set(results) == {"a", "b"}
+    assert all(r["result"] is True for r in results.values()), results
+    restarts = [r for r in results.values() if r["changes"].get("restart")]
+    assert len(restarts) == 1, results
+    status = host.status()
+    assert status["restart_seq"] == before["restart_seq"] + 1
+    assert status["live_epoch"] == before["live_epoch"] + 1
+    assert host.serves()
