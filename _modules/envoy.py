@@ -411,6 +411,8 @@ def unpack_bundle(archive, dest, label=None, limits=None):
                         f"unsafe bundle {label}: more than {limits['max_members']} members"
                     )
                 name = _member_name(member, label)
+                if name == INSTALL_RECORD:
+                    raise CommandExecutionError(f"unsafe bundle {label}: member {name!r} is a name the installer uses")
                 if name in seen:
                     raise CommandExecutionError(f"unsafe bundle {label}: member {name!r} appears twice")
                 _check_member_type(member, name, seen, label)
@@ -420,6 +422,11 @@ def unpack_bundle(archive, dest, label=None, limits=None):
                 _extract_member(tar, member, name, dest, label)
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise CommandExecutionError(f"bundle {label} is not a readable tar.gz archive: {exc}") from exc
+    for top, dirs, _files in os.walk(dest):
+        for name in dirs:  # readable by the envoy user whatever the minion's umask
+            if not os.path.islink(os.path.join(top, name)):
+                os.chmod(os.path.join(top, name), 0o755)
+    os.chmod(dest, 0o755)
     return sorted(seen)
 
 
@@ -580,6 +587,14 @@ def _prune_releases(host, keep, protected):
     return pruned
 
 
+def _make_release_dirs(install_dir):
+    """install_dir/releases, traversable by the envoy user whatever the minion's umask."""
+    for path in (install_dir, os.path.join(install_dir, RELEASES)):
+        if not os.path.isdir(path):
+            os.makedirs(path)
+            os.chmod(path, 0o755)
+
+
 def _keep_count(keep, host):
     value = host["keep_releases"] if keep in (None, "") else keep
     try:
@@ -670,7 +685,7 @@ def install_bundle(source, sha256=None, keep=None, limits=None, **kwargs):
     if plan["action"] == "none":
         result["comment"] = f"bundle {old['bundle_id']} (sha256 {plan['sha256'][:12]}...) is already current"
         return result
-    os.makedirs(os.path.join(host["install_dir"], RELEASES), exist_ok=True)
+    _make_release_dirs(host["install_dir"])
     _clean_stale_work_dirs(host["install_dir"])
     new_id = None
     if plan["action"] == "switch":

@@ -22,18 +22,23 @@ def unpack(mod, tmp_path, entries, **limits):
 
 
 def test_unpacks_files_dirs_and_links_inside(mod, tmp_path):
-    names, dest = unpack(mod, tmp_path, [
-        {"name": "bin", "type": "dir"},
-        {"name": "bin/tool", "data": b"#!/bin/sh\n", "mode": 0o755},
-        {"name": "./lib/a.txt", "data": b"a"},
-        {"name": "lib/link", "type": "symlink", "linkname": "a.txt"},
-        {"name": "lib/hard", "type": "hardlink", "linkname": "lib/a.txt"},
-    ])
+    old_umask = os.umask(0o077)  # a strict minion umask must not leave dirs unreadable to envoy
+    try:
+        names, dest = unpack(mod, tmp_path, [
+            {"name": "bin", "type": "dir"},
+            {"name": "bin/tool", "data": b"#!/bin/sh\n", "mode": 0o755},
+            {"name": "./lib/a.txt", "data": b"a"},
+            {"name": "lib/link", "type": "symlink", "linkname": "a.txt"},
+            {"name": "lib/hard", "type": "hardlink", "linkname": "lib/a.txt"},
+        ])
+    finally:
+        os.umask(old_umask)
     assert names == ["bin", "bin/tool", "lib/a.txt", "lib/hard", "lib/link"]
     assert (dest / "lib" / "link").read_bytes() == b"a"
     assert os.readlink(dest / "lib" / "link") == "a.txt"
     assert (dest / "lib" / "hard").read_bytes() == b"a"
     assert os.stat(dest / "bin" / "tool").st_mode & 0o777 == 0o755
+    assert [os.stat(d).st_mode & 0o777 for d in (dest, dest / "bin", dest / "lib")] == [0o755] * 3
 
 
 @pytest.mark.parametrize(("entries", "message"), [
@@ -46,6 +51,7 @@ def test_unpacks_files_dirs_and_links_inside(mod, tmp_path):
     ([{"name": "dev/null", "type": "chr"}], "member 'dev/null' is a device file"),
     ([{"name": "pipe", "type": "fifo"}], "member 'pipe' is a fifo"),
     ([{"name": "a", "data": b"1"}, {"name": "./a", "data": b"2"}], "member 'a' appears twice"),
+    ([{"name": ".install.json", "data": b"{}"}], "member '.install.json' is a name the installer uses"),
 ])
 def test_refuses_unsafe_members(mod, tmp_path, entries, message):
     with pytest.raises(CommandExecutionError, match="unsafe bundle crafted.tar.gz") as exc:
