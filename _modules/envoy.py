@@ -307,9 +307,12 @@ def _http_download_once(requests, url, dest, label, max_bytes):
                             f"downloading bundle {label}: larger than the {max_bytes}-byte limit"
                         )
                     handle.write(chunk)
-    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-            urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError) as exc:
-        raise _RetryableDownloadError(f"{type(exc).__name__}: {exc}") from exc
+    except (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError) as exc:
+        raise _RetryableDownloadError(f"connection broken mid-body, download truncated ({exc})") from exc
+    except (requests.Timeout, urllib3.exceptions.ReadTimeoutError) as exc:
+        raise _RetryableDownloadError(f"timed out ({exc})") from exc
+    except requests.ConnectionError as exc:
+        raise _RetryableDownloadError(f"connection failed ({exc})") from exc
     except requests.RequestException as exc:
         raise CommandExecutionError(f"downloading bundle {label}: {exc}") from exc
     if expected is not None and expected.isdigit() and received != int(expected):
@@ -848,7 +851,8 @@ def _cfg_validate_file(host, source_path):
         shutil.rmtree(workdir, ignore_errors=True)
     if proc.returncode == 0:
         return {"ok": True, "error": ""}
-    return {"ok": False, "error": _cfg_envoy_error(proc.stderr + "\n" + proc.stdout)}
+    error = _cfg_envoy_error(proc.stderr + "\n" + proc.stdout)
+    return {"ok": False, "error": error.replace(path, source_path)}
 
 
 def validate(path=None, **kwargs):

@@ -200,7 +200,7 @@ def test_connection_cut_mid_body(mod, served, host_with_a):
     name, _ = served.files["B"]
     served.fail(name, *["truncate"] * mod.HTTP_ATTEMPTS)
     before = snapshot(host_with_a)
-    with pytest.raises(CommandExecutionError, match="failed after 4 attempts: .*(IncompleteRead|truncated)"):
+    with pytest.raises(CommandExecutionError, match="failed after 4 attempts: connection broken mid-body, download truncated"):
         install(mod, served, host_with_a, "B")
     assert snapshot(host_with_a) == before and leftovers(host_with_a) == []
     # once the connection holds again, the same bundle installs
@@ -253,3 +253,13 @@ def test_crafted_tarball_is_refused(mod, host_with_a, tmp_path, kind):
     assert snapshot(host_with_a) == before and leftovers(host_with_a) == []
     assert not Path("/tmp/escaped-bundle-member").exists()
     assert not (Path(host_with_a["install_dir"]) / "escaped").exists()
+
+
+def test_nobody_listening_is_retried_then_reported(mod, host_with_a):
+    from tests.helpers.net import free_port
+
+    before = snapshot(host_with_a)
+    dead = f"http://127.0.0.1:{free_port()}/envoy-bundle.tar.gz"
+    with pytest.raises(CommandExecutionError, match="failed after 4 attempts: connection failed"):
+        mod.install_bundle(dead, sha256="b" * 64, **host_with_a)
+    assert snapshot(host_with_a) == before and leftovers(host_with_a) == []
