@@ -165,6 +165,7 @@ class Epoch:
         self.started_at = now()
         self.started_mono = time.monotonic()
         self.state = "starting"  # starting -> live -> draining; or exited
+        self.live_since_mono = self.started_mono
         self.drain_started_mono = None
 
     @property
@@ -206,7 +207,6 @@ class Restarter:
         self.hot_restart_blocked = None
         self.crashes = 0
         self.backoff_s = BACKOFF_MIN_S
-        self.cold_start_at = time.monotonic()
         self.stopping = False
         self.signals = []
         self.started_at = now()
@@ -357,13 +357,12 @@ class Restarter:
     def candidate_live(self, epoch):
         previous = self.live
         epoch.state = "live"
+        epoch.live_since_mono = time.monotonic()
         self.live = epoch
         self.candidate = None
         if previous is not None and previous.alive():
             previous.state = "draining"
             previous.drain_started_mono = time.monotonic()
-        if self.candidate_kind != "hot":
-            self.cold_start_at = time.monotonic()
         self.hot_restart_blocked = None
         self.finish_restart("success")
 
@@ -406,7 +405,7 @@ class Restarter:
 
     def live_died(self, epoch):
         self.crashes += 1
-        if time.monotonic() - self.cold_start_at > STABLE_S:
+        if time.monotonic() - epoch.live_since_mono > STABLE_S:
             self.backoff_s = BACKOFF_MIN_S
         delay = self.backoff_s
         self.backoff_s = min(self.backoff_s * 2, BACKOFF_MAX_S)

@@ -89,8 +89,26 @@ def listener(name, port, stat_prefix=None):
     }
 
 
-def envoy_config(admin_port, listener_port, app_port, extra_listener_ports=(), marker="v1"):
-    """A static bootstrap (JSON, which is YAML): ``marker`` lands in a stats tag so configs differ."""
+def slow_init(config, seconds):
+    """Keep Envoy INITIALIZING for ``seconds``: CDS from an xDS server that never answers, with an
+    initial fetch timeout (then Envoy gets LIVE with its static resources)."""
+    config["dynamic_resources"] = {"cds_config": {
+        "resource_api_version": "V3", "initial_fetch_timeout": f"{seconds}s",
+        "api_config_source": {"api_type": "GRPC", "transport_api_version": "V3",
+                              "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
+    }}
+    config["static_resources"]["clusters"].append({
+        "name": "xds", "connect_timeout": "0.25s", "type": "STATIC",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}}]}]},
+    })
+
+
+def envoy_config(admin_port, listener_port, app_port, extra_listener_ports=(), marker="v1", init_delay_s=0):
+    """A static bootstrap (JSON, which is YAML): ``marker`` lands in the node's cluster so configs differ."""
     listeners = [listener("ingress", listener_port)]
     listeners += [listener(f"extra_{port}", port) for port in extra_listener_ports]
     config = {
@@ -106,6 +124,8 @@ def envoy_config(admin_port, listener_port, app_port, extra_listener_ports=(), m
             }],
         },
     }
+    if init_delay_s:
+        slow_init(config, init_delay_s)
     return json.dumps(config, indent=1, sort_keys=True) + "\n"
 
 
