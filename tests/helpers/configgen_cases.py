@@ -54,3 +54,21 @@ def deep_merge(base, extra):
         else:
             merged[key] = value
     return merged
+
+
+BAD_CASES = sorted(p.stem for p in BAD.glob("*.yaml") if not p.name.startswith("_"))
+
+
+def bad_case(name, manifest_dir):
+    """(manifests written into ``manifest_dir``, pillar, host, expected messages, absent strings)
+    for tests/bad/<name>.yaml, built over tests/bad/_base.yaml. ``name=None``: the good base."""
+    base = load_yaml(BAD / "_base.yaml")
+    case = load_yaml(BAD / f"{name}.yaml") if name else {}
+    manifest_dir = Path(manifest_dir)
+    manifest_dir.mkdir(parents=True, exist_ok=True)
+    for filename, text in case.get("manifests", base["manifests"]).items():
+        (manifest_dir / filename).write_text(text)
+    pillar = deep_merge(base["pillar"], case.get("pillar"))
+    host = deep_merge(base["host"], case.get("host"))
+    expect = [line.replace("{dir}", str(manifest_dir)) for line in case.get("expect", [])]
+    return pillar, host, expect, case.get("absent", [])

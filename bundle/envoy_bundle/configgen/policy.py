@@ -255,7 +255,7 @@ def _check_shared_upstreams(manifests, problems):
     for manifest in manifests:
         for index, item in enumerate(manifest.data.get("upstreams") or []):
             seen = first.setdefault(item["service"], (manifest.path, item))
-            if seen[1] != item:
+            if seen[1] != item and seen[0] != manifest.path:  # same file: reported as listed twice
                 Where.manifest(problems, manifest.path).fail(
                     ["upstreams", index], f"asks for other settings for {item['service']} than manifest "
                     f"{seen[0]}; services on one host share one cluster per upstream, so they must agree")

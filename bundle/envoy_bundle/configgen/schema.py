@@ -44,7 +44,7 @@ class Where:
 
     def fail(self, path, message, value=_MISSING, secret=False):
         shown = ""
-        if value is not _MISSING:
+        if value is not _MISSING and path:
             shown = "=<redacted>" if secret else "=" + show(value)
         field = self.field(path)
         label = self.prefix + field if field else self.prefix.rstrip()
