@@ -74,9 +74,9 @@ def test_same_inputs_give_the_same_bytes(tmp_path, fake_envoy):
 
 def test_id_follows_content_not_commit(tmp_path, fake_envoy):
     """The same sources outside git (commit "unknown") keep the id; other content changes it."""
-    in_repo, _ = builder.build(tmp_path / "repo", envoy_path=fake_envoy)
     source = tmp_path / "src"
     shutil.copytree(REPO / "bundle", source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+    in_repo, _ = builder.build(tmp_path / "repo", envoy_path=fake_envoy)  # right after the copy
     outside, _ = builder.build(tmp_path / "outside", envoy_path=fake_envoy, source_dir=source)
     assert outside.name == in_repo.name
     outside_manifest = json.loads(dict((m.name, d) for m, d in read_members(outside))["bundle.json"])

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from envoy_bundle import builder
 from salt.exceptions import CommandExecutionError
 
 from tests.helpers.bundles import (
@@ -18,9 +19,9 @@ from tests.helpers.bundles import (
     crafted_tarball,
     load_envoy_module,
     rewrite_member,
+    sha256_of,
+    write_fake_envoy,
 )
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -134,22 +135,21 @@ def test_keeps_newest_releases_but_never_current_or_previous(mod, served, host):
     assert result["pruned"] == [ids[2]]
 
 
-def test_same_content_from_another_archive_is_not_a_change(mod, served, host_with_a, tmp_path):
-    """A rebuild outside git (another commit in bundle.json) has the same id: nothing flips."""
-    from envoy_bundle import builder
-
-    from tests.helpers.bundles import sha256_of, write_fake_envoy
-
-    source = tmp_path / "src"
-    shutil.copytree(REPO / "bundle", source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
-    envoy = write_fake_envoy(tmp_path / "e" / "fake-envoy-A", marker="A")
-    tarball, _ = builder.build(tmp_path / "rebuilt", envoy_path=envoy, source_dir=source)
-    sha = sha256_of(tarball)
-    assert sha != served.files["A"][1]
-    before = snapshot(host_with_a)
-    result = mod.install_bundle(tarball.as_uri(), sha256=sha, **host_with_a)
-    assert not result["changed"] and snapshot(host_with_a) == before
-    again = mod.install_bundle(tarball.as_uri(), sha256=sha, **host_with_a)
+def test_same_content_from_another_archive_is_not_a_change(mod, host, tmp_path):
+    """A rebuild from another commit (recorded in bundle.json) has the same id: nothing flips,
+    and the new archive's sha256 is remembered so the next run does nothing at all."""
+    envoy = write_fake_envoy(tmp_path / "e" / "envoy", marker="rebuilt")
+    source = builder.default_source_dir()
+    members = [builder.file_member("bin/envoy", envoy, builder.EXEC_MODE),
+               *builder.launcher_members(source), *builder.package_members(source)]
+    one, _ = builder.write_bundle(tmp_path / "one", members, "1.40.0", "11.104", "commit-one")
+    two, _ = builder.write_bundle(tmp_path / "two", members, "1.40.0", "11.104", "commit-two")
+    assert one.name == two.name and one.read_bytes() != two.read_bytes()
+    installed = mod.install_bundle(one.as_uri(), sha256=sha256_of(one), **host)
+    before = snapshot(host)
+    result = mod.install_bundle(two.as_uri(), sha256=sha256_of(two), **host)
+    assert not result["changed"] and result["new"] == installed["new"] and snapshot(host) == before
+    again = mod.install_bundle(two.as_uri(), sha256=sha256_of(two), **host)
     assert not again["downloaded"] and "already current" in again["comment"]
 
 
