@@ -6,6 +6,8 @@ and no temp dir behind. (The same through ``salt-call``: tests/integration/test_
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -263,3 +265,21 @@ def test_nobody_listening_is_retried_then_reported(mod, host_with_a):
     with pytest.raises(CommandExecutionError, match="failed after 4 attempts: connection failed"):
         mod.install_bundle(dead, sha256="b" * 64, **host_with_a)
     assert snapshot(host_with_a) == before and leftovers(host_with_a) == []
+
+
+def test_launchers_run_the_code_of_their_own_release(mod, host, tmp_path):
+    """bin/envoy-restarter imports lib/envoy_bundle from its release, not the repo's package
+    that this venv has installed."""
+    envoy = write_fake_envoy(tmp_path / "e" / "envoy", marker="launcher")
+    stub = b"def main():\n    print(__file__)\n    return 0\n"
+    members = [builder.file_member("bin/envoy", envoy, builder.EXEC_MODE),
+               *builder.launcher_members(builder.default_source_dir()),
+               builder.bytes_member("lib/envoy_bundle/__init__.py", b""),
+               builder.bytes_member("lib/envoy_bundle/restarter.py", stub)]
+    tarball, _ = builder.write_bundle(tmp_path / "out", members, "1.40.0", "11.104", "test")
+    new = mod.install_bundle(tarball.as_uri(), sha256=sha256_of(tarball), **host)["new"]
+    launcher = Path(host["install_dir"], "current", "bin", "envoy-restarter")
+    proc = subprocess.run([sys.executable, str(launcher)], capture_output=True, text=True, cwd=tmp_path,
+                          check=True)
+    release = Path(host["install_dir"], "releases", new["bundle_id"])
+    assert proc.stdout.strip() == str(release / "lib" / "envoy_bundle" / "restarter.py")
