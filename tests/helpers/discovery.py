@@ -128,8 +128,9 @@ def socket_address(port, address="127.0.0.1"):
     return {"socket_address": {"address": address, "port_value": port}}
 
 
-def bootstrap(admin_port, listener_port, discovery_port, services, refresh_delay="1s"):
-    """A static bootstrap: one HTTP listener routing by Host header to each service's EDS cluster."""
+def bootstrap(admin_port, listener_port, discovery_port, services, refresh_delay="1s", cluster_extra=None):
+    """A static bootstrap: one HTTP listener routing by Host header to each service's EDS cluster
+    (``cluster_extra`` is merged into each of them: health checks, outlier detection)."""
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
                  ".HttpConnectionManager",
@@ -149,7 +150,8 @@ def bootstrap(admin_port, listener_port, discovery_port, services, refresh_delay
         "static_resources": {
             "listeners": [{"name": "egress", "address": socket_address(listener_port), "filter_chains": [
                 {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}],
-            "clusters": [discovery] + [eds_cluster(s, refresh_delay=refresh_delay) for s in services],
+            "clusters": [discovery] + [{**eds_cluster(s, refresh_delay=refresh_delay), **(cluster_extra or {})}
+                                       for s in services],
         },
     }, sort_keys=False)
 
@@ -157,11 +159,11 @@ def bootstrap(admin_port, listener_port, discovery_port, services, refresh_delay
 class Envoy(Process):
     """A real Envoy (hot restart disabled: no shared memory to collide with other tests)."""
 
-    def __init__(self, envoy_bin, workdir, discovery_port, services, refresh_delay="1s"):
+    def __init__(self, envoy_bin, workdir, discovery_port, services, refresh_delay="1s", cluster_extra=None):
         self.admin_port, self.listener_port = free_port(), free_port()
         self.config = Path(workdir) / f"envoy-{self.admin_port}.yaml"
         self.config.write_text(bootstrap(self.admin_port, self.listener_port, discovery_port, services,
-                                         refresh_delay))
+                                         refresh_delay, cluster_extra))
         check = subprocess.run([envoy_bin, "--mode", "validate", "-c", str(self.config)],
                                capture_output=True, text=True, timeout=60)
         if check.returncode != 0:

@@ -1,0 +1,95 @@
+"""
+Discovery is eventually consistent; Envoy's active health checks and outlier detection cover the
+gaps (the cluster shape recommended in docs/discovery.md, with test-sized intervals):
+a host registered but dead gets no traffic, and a healthy host missing from discovery keeps its
+traffic until it also fails its checks.
+"""
+
+import sys
+
+import pytest
+import requests
+
+from tests.helpers.discovery import DiscoveryService, Envoy, Process, register, wait_until
+from tests.helpers.net import free_port, wait_for
+
+HEALTH = {
+    "health_checks": [{"timeout": "0.5s", "interval": "0.5s", "no_traffic_interval": "0.5s",
+                       "unhealthy_threshold": 2, "healthy_threshold": 2,
+                       "http_health_check": {"path": "/healthcheck"}}],
+    "outlier_detection": {"consecutive_5xx": 5, "interval": "10s", "base_ejection_time": "30s",
+                          "max_ejection_percent": 50},
+}
+SETTLE_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, envoy_bin):
+    workdir = tmp_path_factory.mktemp("discovery-health")
+    apps = {name: free_port() for name in ("live-1", "live-2")}
+    procs = [Process([sys.executable, "-m", "tests.helpers.app", "--port", str(port), "--name", name],
+                     workdir / f"app-{name}.log") for name, port in apps.items()]
+    try:
+        for port in apps.values():
+            wait_for(lambda port=port: requests.get(f"http://127.0.0.1:{port}/healthcheck", timeout=1).ok,
+                     timeout=20, what=f"app on {port}")
+        with DiscoveryService(workdir, ttl=600) as discovery, \
+                Envoy(envoy_bin, workdir, discovery.port, ["web"], cluster_extra=HEALTH) as envoy:
+            yield discovery, envoy, apps, dict(zip(apps, procs, strict=True))
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def health(envoy, port):
+    host = envoy.cluster_hosts("web").get(("127.0.0.1", port))
+    return None if host is None else host["health_status"]
+
+
+def settle(envoy):
+    """The health checker runs on the main thread, and workers get its verdict a moment later
+    (well under a second here): let a few more checks run before sending traffic."""
+    attempts = envoy.stat("cluster.web.health_check.attempt")
+    wait_until(lambda: envoy.stat("cluster.web.health_check.attempt") >= attempts + 6, SETTLE_S, "more checks")
+
+
+def upstreams_hit(envoy, requests_count=40):
+    seen = set()
+    with requests.Session() as session:
+        for _ in range(requests_count):
+            resp = session.get(f"http://127.0.0.1:{envoy.listener_port}/", headers={"Host": "web"}, timeout=5)
+            assert resp.status_code == 200, resp.text
+            seen.add(resp.headers["x-upstream"])
+    return seen
+
+
+def test_a_registered_but_dead_host_gets_no_traffic(stack):
+    discovery, envoy, apps, _ = stack
+    dead_port = free_port()  # nothing listens there
+    for port in (*apps.values(), dead_port):
+        assert register(discovery.url, "web", "127.0.0.1", port).status_code == 200
+    wait_until(lambda: health(envoy, dead_port) and health(envoy, dead_port).get("failed_active_health_check"),
+               SETTLE_S, "the dead host to fail its health checks")
+    wait_until(lambda: all(health(envoy, p) and health(envoy, p)["eds_health_status"] == "HEALTHY"
+                           and not health(envoy, p).get("failed_active_health_check") for p in apps.values()),
+               SETTLE_S, "the live hosts to pass theirs")
+    settle(envoy)
+    assert upstreams_hit(envoy) == {"live-1", "live-2"}
+    assert envoy.stat("cluster.web.upstream_cx_connect_fail") == 0
+
+
+def test_a_healthy_host_missing_from_discovery_keeps_traffic_until_it_fails_checks(stack):
+    discovery, envoy, apps, procs = stack
+    port = apps["live-2"]
+    resp = requests.delete(f"{discovery.url}/v1/registration/web/127.0.0.1:{port}", timeout=5)
+    assert resp.status_code == 200
+    removed = envoy.stat("cluster.web.update_success")
+    wait_until(lambda: envoy.stat("cluster.web.update_success") > removed, SETTLE_S,
+               "Envoy to fetch the answer without live-2")
+    assert health(envoy, port) is not None, "a host still passing checks must stay"
+    assert upstreams_hit(envoy) == {"live-1", "live-2"}
+
+    procs["live-2"].stop()
+    wait_until(lambda: health(envoy, port) is None, SETTLE_S, "live-2 to go once it fails its checks")
+    settle(envoy)
+    assert upstreams_hit(envoy) == {"live-1"}
