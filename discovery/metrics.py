@@ -28,6 +28,9 @@ def _number(value):
 class Metrics:
     def __init__(self):
         self.counters = defaultdict(float)
+        # Unlabelled counters start at 0 so a scrape shows them before the first event.
+        for name in ("discovery_deregistrations_total", "discovery_sweeps_total", "discovery_swept_hosts_total"):
+            self.counters[(name, ())] = 0.0
 
     def inc(self, name, amount=1, **labels):
         self.counters[(name, tuple(sorted(labels.items())))] += amount

@@ -5,12 +5,14 @@ a host registered but dead gets no traffic, and a healthy host missing from disc
 traffic until it also fails its checks.
 """
 
+import subprocess
 import sys
 
 import pytest
 import requests
+import yaml
 
-from tests.helpers.discovery import DiscoveryService, Envoy, Process, register, wait_until
+from tests.helpers.discovery import REPO, DiscoveryService, Envoy, Process, register, wait_until
 from tests.helpers.net import free_port, wait_for
 
 HEALTH = {
@@ -93,3 +95,16 @@ def test_a_healthy_host_missing_from_discovery_keeps_traffic_until_it_fails_chec
     wait_until(lambda: health(envoy, port) is None, SETTLE_S, "live-2 to go once it fails its checks")
     settle(envoy)
     assert upstreams_hit(envoy) == {"live-1"}
+
+
+def test_the_documented_cluster_shape_is_valid_for_the_real_envoy(envoy_bin, tmp_path):
+    doc = (REPO / "docs" / "discovery.md").read_text()
+    block = doc.split("<!-- envoy-validated-clusters -->", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    clusters = yaml.safe_load(block)
+    assert [c["type"] for c in clusters] == ["STRICT_DNS", "EDS"]
+    config = tmp_path / "documented.yaml"
+    config.write_text(yaml.safe_dump({"node": {"id": "doc-check", "cluster": "doc-check"},
+                                      "static_resources": {"clusters": clusters}}))
+    check = subprocess.run([envoy_bin, "--mode", "validate", "-c", str(config)], capture_output=True, text=True,
+                           timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
