@@ -133,6 +133,9 @@ HEALTH_CHECK = Map({
     "path": Field(URL_PATH, default="/healthcheck"),
     "timeout_ms": Field(ms(), default=2000),
     "interval_ms": Field(ms(), default=5000),
+    # How often a host that has had no traffic yet is checked (Envoy's default, 60 s, also applies
+    # after a failed first check at start-up).
+    "no_traffic_interval_ms": Field(ms(), default=60000),
     "unhealthy_threshold": Field(Int(1, 100), default=2),
     "healthy_threshold": Field(Int(1, 100), default=2),
 })
