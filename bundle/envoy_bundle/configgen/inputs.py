@@ -1,12 +1,13 @@
 """Reading and schema-checking the three inputs: manifests, pillar sections, host facts."""
 
+import difflib
 import os
 from dataclasses import dataclass
 
 import yaml
 
 from .schema import INVALID, Where
-from .specs import DISCOVERY, HOST, MANIFEST, MANIFEST_SECTIONS, PILLAR_SECTIONS
+from .specs import DISCOVERY, FORMULA_KEYS, HOST, MANIFEST, MANIFEST_SECTIONS, PILLAR_SECTIONS
 
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -98,12 +99,24 @@ def check_pillar(pillar, problems):
             out[name] = field.check_default([name], where)
         else:
             out[name] = None
+    check_section_typos(pillar, where)
     discovery = pillar.get("discovery")
     out["discovery"] = None
     if isinstance(discovery, dict) and "address" in discovery:
         checked = DISCOVERY.fields["address"].spec.check(discovery["address"], ["discovery", "address"], where)
         out["discovery"] = INVALID if checked is INVALID else {"address": checked}
     return out
+
+
+def check_section_typos(pillar, where):
+    """Keys the generator does not own are the formula's and pass, unless one looks like a
+    misspelt section of ours (`rotes:` must not silently drop every route)."""
+    for key in sorted(pillar, key=str):
+        if key in PILLAR_SECTIONS or key in FORMULA_KEYS or not isinstance(key, str):
+            continue
+        close = difflib.get_close_matches(key, list(PILLAR_SECTIONS), n=1, cutoff=0.75)
+        if close:
+            where.fail([key], f"is not a known section (did you mean {close[0]}?)")
 
 
 def check_host(host, problems):
