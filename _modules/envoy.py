@@ -1094,7 +1094,7 @@ def _op_terminate(pids, timeout):
     return killed
 
 
-def _op_wait(predicate, timeout, interval=0.05):
+def _op_wait(predicate, timeout, interval=0.02):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -1687,3 +1687,410 @@ def reopen_logs(**kwargs):
 
 
 # --- discovery registration (issue: service discovery) ----------------------------------------
+# Pillar ``envoy:discovery``: ``address`` (host:port, where Envoy and hosts reach the service; the
+# config generator reads it too), ``url`` (registration base URL, default http://<address>),
+# ``register`` (ip, tags, revision, timeout, schedule) and ``server`` (hosts that run the service).
+
+DISC_DEFAULTS = {
+    "url": None,
+    "address": None,
+    "register": {"enabled": True, "ip": None, "tags": {}, "revision": None, "timeout": 5,
+                 "minutes": 1, "splay": 20},
+    "server": {"hosts": [], "listen": "0.0.0.0:8080", "ttl": 600, "redis": None,
+               "sqlite": "/var/lib/envoy-discovery/hosts.sqlite3", "command": "envoy-discovery",
+               "env": "production"},
+}
+DISC_PROCESS_MARK = "envoy-discovery"
+
+
+def discovery_settings(**kwargs):
+    """
+    The effective ``envoy:discovery`` settings: defaults, then pillar, then ``kwargs``
+    (``register`` and ``server`` merge key by key).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.discovery_settings
+    """
+    pillar = __salt__["config.get"]("envoy:discovery", {}) or {}
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DISC_DEFAULTS.items()}
+    for source in (pillar, {k: v for k, v in kwargs.items() if k in DISC_DEFAULTS}):
+        for key, value in source.items():
+            if key not in merged or value is None:
+                continue
+            merged[key] = {**merged[key], **value} if isinstance(merged[key], dict) and isinstance(value, dict) \
+                else value
+    if not merged["url"] and merged["address"]:
+        merged["url"] = f"http://{merged['address']}"
+    return merged
+
+
+def _disc_url(conf):
+    if not conf["url"]:
+        raise CommandExecutionError(
+            "envoy:discovery:address (or envoy:discovery:url) is not set: nowhere to register")
+    return conf["url"].rstrip("/")
+
+
+def _disc_host_ip(register):
+    if register.get("ip"):
+        return str(register["ip"])
+    candidates = list(__grains__.get("fqdn_ip4") or []) + list(__grains__.get("ipv4") or [])
+    for ip in candidates:
+        if not ip.startswith("127.") and ip != "0.0.0.0":
+            return ip
+    raise CommandExecutionError(
+        "envoy:discovery:register:ip is not set and no grain (fqdn_ip4, ipv4) has a non-loopback address")
+
+
+def _disc_tags(register):
+    """az, region, instance_id: pillar ``register:tags`` first, then grains, then derived."""
+    tags = dict(register.get("tags") or {})
+    tags.setdefault("az", __grains__.get("az") or __grains__.get("zone"))
+    if not tags["az"]:
+        raise CommandExecutionError("envoy:discovery:register:tags:az is not set (nor an `az` or `zone` grain)")
+    # AWS naming: the region is the az without its letter (us-east-1a -> us-east-1).
+    tags.setdefault("region", __grains__.get("region") or re.sub(r"[a-z]$", "", str(tags["az"])))
+    tags.setdefault("instance_id", __grains__.get("instance_id") or __grains__.get("id"))
+    return tags
+
+
+def _disc_read_manifests(manifest_dir):
+    """[(file, data)] of every ``*.yaml`` manifest, plus the problems of unreadable ones."""
+    import yaml
+
+    found, problems = [], []
+    if not os.path.isdir(manifest_dir):
+        return found, problems
+    for name in sorted(os.listdir(manifest_dir)):
+        if not name.endswith((".yaml", ".yml")):
+            continue
+        path = os.path.join(manifest_dir, name)
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+            data = yaml.safe_load(raw)
+        except (OSError, yaml.YAMLError) as exc:
+            problems.append(f"{path}: unreadable manifest ({exc})")
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("service"), str):
+            problems.append(f"{path}: service: missing (a manifest names its service)")
+            continue
+        found.append((path, data, hashlib.sha256(raw).hexdigest()[:12]))
+    return found, problems
+
+
+def _disc_plan(host, conf):
+    """What this host registers: one entry per manifest with an ingress, plus manifest problems."""
+    register = conf["register"]
+    manifests, problems = _disc_read_manifests(host["manifest_dir"])
+    serving = []
+    for path, data, digest in manifests:
+        ingress = data.get("ingress")
+        if not ingress:
+            continue  # a client-only service: nothing to find it by
+        port = ingress.get("port") if isinstance(ingress, dict) else None
+        if not isinstance(port, int) or not 0 < port < 65536:
+            problems.append(f"{path}: ingress.port: missing or not a port")
+            continue
+        serving.append({"service": data["service"], "port": port, "manifest": path,
+                        # Without a pillar revision, the manifest's digest: it changes when the deploy does.
+                        "revision": str(register.get("revision") or digest)})
+    if not serving:
+        return [], problems
+    ip, tags = _disc_host_ip(register), _disc_tags(register)
+    for entry in serving:
+        entry.update(ip=ip, tags=tags)
+    return serving, problems
+
+
+def registrations(**kwargs):
+    """
+    What ``envoy.register`` would send: one registration per manifest with an ingress.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.registrations
+    """
+    plan, problems = _disc_plan(settings(**kwargs), discovery_settings(**kwargs))
+    return {"registrations": plan, "problems": problems}
+
+
+def _disc_session():
+    import requests
+
+    return requests, requests.Session()
+
+
+def _disc_error_text(resp):
+    try:
+        return resp.json().get("error") or resp.text
+    except ValueError:
+        return resp.text.strip()[:200]
+
+
+def register(**kwargs):
+    """
+    Register (or heartbeat) every service this host serves with the discovery service:
+    ``POST <url>/v1/registration/<service>`` with this host's ip, the ingress port, and tags
+    az/region/instance_id (pillar ``envoy:discovery:register:tags``, else grains).
+    Raises when any registration failed, after trying all of them.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.register
+    """
+    conf = discovery_settings(**kwargs)
+    url = _disc_url(conf)
+    plan, problems = _disc_plan(settings(**kwargs), conf)
+    timeout = float(conf["register"]["timeout"])
+    requests, session = _disc_session()
+    done = []
+    with session:
+        for entry in plan:
+            form = {"ip": entry["ip"], "port": str(entry["port"]), "revision": entry["revision"],
+                    "service_repo_name": entry["service"], "tags": json.dumps(entry["tags"], sort_keys=True)}
+            target = f"{entry['service']} {entry['ip']}:{entry['port']}"
+            try:
+                resp = session.post(f"{url}/v1/registration/{entry['service']}", data=form, timeout=timeout)
+            except requests.RequestException as exc:
+                problems.append(f"{target}: discovery service unreachable at {url} ({exc.__class__.__name__})")
+                continue
+            if resp.status_code != 200:
+                problems.append(f"{target}: refused with HTTP {resp.status_code}: {_disc_error_text(resp)}")
+                continue
+            done.append(target)
+    if problems:
+        raise CommandExecutionError("envoy.register: " + "; ".join(problems),
+                                    info={"registered": done, "problems": problems})
+    return {"registered": done, "url": url}
+
+
+def deregister(**kwargs):
+    """
+    Remove this host's services from the discovery service (``DELETE .../<ip>:<port>``); a host
+    already gone counts as done. Used when the formula is cleaned or the host retires.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.deregister
+    """
+    conf = discovery_settings(**kwargs)
+    url = _disc_url(conf)
+    plan, problems = _disc_plan(settings(**kwargs), conf)
+    timeout = float(conf["register"]["timeout"])
+    requests, session = _disc_session()
+    done = []
+    with session:
+        for entry in plan:
+            endpoint = f"[{entry['ip']}]:{entry['port']}" if ":" in entry["ip"] else f"{entry['ip']}:{entry['port']}"
+            target = f"{entry['service']} {endpoint}"
+            try:
+                resp = session.delete(f"{url}/v1/registration/{entry['service']}/{endpoint}", timeout=timeout)
+            except requests.RequestException as exc:
+                problems.append(f"{target}: discovery service unreachable at {url} ({exc.__class__.__name__})")
+                continue
+            if resp.status_code not in (200, 404):
+                problems.append(f"{target}: refused with HTTP {resp.status_code}: {_disc_error_text(resp)}")
+                continue
+            done.append(target)
+    if problems:
+        raise CommandExecutionError("envoy.deregister: " + "; ".join(problems),
+                                    info={"deregistered": done, "problems": problems})
+    return {"deregistered": done, "url": url}
+
+
+# The discovery service as a daemon on the hosts pillar ``envoy:discovery:server:hosts`` names.
+
+
+def _disc_server_paths(host):
+    return {"pidfile": os.path.join(host["run_dir"], "envoy-discovery.pid"),
+            "log_file": os.path.join(host["log_dir"], "envoy-discovery.log")}
+
+
+def _disc_rooted(host, path):
+    root = (host.get("root") or "").rstrip("/")
+    return root + path if root and path and not path.startswith(root + "/") else path
+
+
+def discovery_server_command(**kwargs):
+    """
+    The argv the discovery daemon runs with (from ``envoy:discovery:server``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.discovery_server_command
+    """
+    host, server = settings(**kwargs), discovery_settings(**kwargs)["server"]
+    paths = _disc_server_paths(host)
+    argv = [str(server["command"]), "--listen", str(server["listen"]), "--ttl", str(server["ttl"]),
+            "--env", str(server["env"]), "--pidfile", paths["pidfile"]]
+    if server.get("redis"):
+        argv += ["--redis", str(server["redis"])]
+    else:
+        argv += ["--sqlite", _disc_rooted(host, server["sqlite"])]
+    return argv
+
+
+def _disc_running_pid(pidfile):
+    """The pid in ``pidfile`` if that process is alive and is the discovery service, else None."""
+    try:
+        with open(pidfile) as handle:
+            pid = int(handle.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            cmdline = handle.read().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    return pid if any(DISC_PROCESS_MARK.encode() in part for part in cmdline) else None
+
+
+def _disc_cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            parts = [p.decode(errors="replace") for p in handle.read().split(b"\0") if p]
+    except OSError:
+        return []
+    # A console script runs as `python /path/envoy-discovery ...`: compare from its options on.
+    return parts[next((i for i, p in enumerate(parts) if p.startswith("--")), len(parts)):]
+
+
+def discovery_server_status(**kwargs):
+    """
+    Whether the discovery daemon runs here, its pid, and whether it runs the configured argv.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.discovery_server_status
+    """
+    argv = discovery_server_command(**kwargs)
+    paths = _disc_server_paths(settings(**kwargs))
+    pid = _disc_running_pid(paths["pidfile"])
+    current = pid is not None and _disc_cmdline(pid) == argv[1:]
+    return {"running": pid is not None, "pid": pid, "current": current, "command": argv, **paths}
+
+
+def discovery_server_stop(timeout=10, **kwargs):
+    """
+    Stop the discovery daemon (TERM, then KILL after ``timeout`` seconds).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.discovery_server_stop
+    """
+    paths = _disc_server_paths(settings(**kwargs))
+    pid = _disc_running_pid(paths["pidfile"])
+    if pid is None:
+        return {"stopped": False, "pid": None}
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + float(timeout)
+    while _disc_running_pid(paths["pidfile"]) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _disc_running_pid(paths["pidfile"]) == pid:
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(paths["pidfile"])
+    return {"stopped": True, "pid": pid}
+
+
+def _disc_healthy(listen, timeout):
+    host, _, port = str(listen).rpartition(":")
+    host = "127.0.0.1" if host.strip("[]") in ("", "0.0.0.0", "::") else host.strip("[]")
+    url = f"http://{host}:{port}/healthcheck"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def discovery_server_start(timeout=20, **kwargs):
+    """
+    Start the discovery daemon (detached, its own session, output to its log file) and wait
+    until its /healthcheck answers. Restarts it when it runs with other settings.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.discovery_server_start
+    """
+    status = discovery_server_status(**kwargs)
+    if status["running"] and status["current"]:
+        return {"started": False, "pid": status["pid"]}
+    if status["running"]:
+        discovery_server_stop(**kwargs)
+    host = settings(**kwargs)
+    server = discovery_settings(**kwargs)["server"]
+    for path in (status["pidfile"], status["log_file"]):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not server.get("redis"):
+        os.makedirs(os.path.dirname(_disc_rooted(host, server["sqlite"])), exist_ok=True)
+    with open(status["log_file"], "ab") as log_handle:
+        try:
+            proc = subprocess.Popen(status["command"], stdin=subprocess.DEVNULL, stdout=log_handle,
+                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        except OSError as exc:
+            raise CommandExecutionError(
+                f"cannot start the discovery service ({status['command'][0]}): {exc}; "
+                "set envoy:discovery:server:command") from exc
+    if not _disc_healthy(server["listen"], float(timeout)):
+        code = proc.poll()
+        if code is None:
+            proc.kill()
+        raise CommandExecutionError(
+            f"the discovery service did not become healthy on {server['listen']} within {timeout}s "
+            f"(exit code {code}); see {status['log_file']}")
+    return {"started": True, "pid": proc.pid}
+
+
+def registration_status(**kwargs):
+    """
+    For each service this host serves: is it listed by the discovery service with this host's
+    ip:port, and with the same revision and tags (``current``)? ``GET /v1/registration/<service>``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.registration_status
+    """
+    conf = discovery_settings(**kwargs)
+    url = _disc_url(conf)
+    plan, problems = _disc_plan(settings(**kwargs), conf)
+    timeout = float(conf["register"]["timeout"])
+    requests, session = _disc_session()
+    status = []
+    with session:
+        for entry in plan:
+            try:
+                resp = session.get(f"{url}/v1/registration/{entry['service']}", timeout=timeout)
+                resp.raise_for_status()
+                hosts = resp.json().get("hosts", [])
+            except (requests.RequestException, ValueError) as exc:
+                raise CommandExecutionError(
+                    f"{entry['service']}: cannot list hosts at {url} ({exc.__class__.__name__}: {exc})") from exc
+            mine = next((h for h in hosts if h.get("ip_address") == entry["ip"] and h.get("port") == entry["port"]),
+                        None)
+            status.append({**entry, "listed": mine is not None,
+                           "current": bool(mine) and mine.get("revision") == entry["revision"]
+                           and mine.get("tags") == entry["tags"]})
+    return {"services": status, "problems": problems, "url": url}

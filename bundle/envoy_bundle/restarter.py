@@ -42,6 +42,7 @@ STATUS_FILE = "status.json"
 PID_FILE = "restarter.pid"
 LOCK_FILE = "restarter.lock"
 TICK_S = 0.1
+FAST_TICK_S = 0.02  # while an epoch starts: notice LIVE (or death) quickly
 LOG_TAIL_BYTES = 4000
 VERSION_MISMATCH = "Hot restart version mismatch"
 # Bounds of the crash-restart backoff; a live epoch that survived STABLE_S resets it.
@@ -137,8 +138,22 @@ def split_envoy_args(args):
     return out
 
 
+_HR_VERSIONS = {}
+
+
 def hot_restart_version(binary, timeout=10.0):
-    """``envoy --hot-restart-version`` (Envoy prints it on stderr)."""
+    """``envoy --hot-restart-version`` (Envoy prints it on stderr); cached per binary file."""
+    try:
+        stat = os.stat(binary)
+    except OSError:
+        return None
+    key = (binary, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _HR_VERSIONS:
+        _HR_VERSIONS[key] = _run_hot_restart_version(binary, timeout)
+    return _HR_VERSIONS[key]
+
+
+def _run_hot_restart_version(binary, timeout):
     try:
         proc = subprocess.run([binary, "--hot-restart-version"], capture_output=True, text=True,
                               timeout=timeout, check=False)
@@ -523,7 +538,7 @@ class Restarter:
             self.maybe_hot_restart()
             self.reap_overdue_parents()
             self.write_status()
-            self.sleep()
+            self.sleep(FAST_TICK_S if self.candidate or self.pending_hup else TICK_S)
         self.write_status("stopping")
         self.stop_epochs(list(self.epochs))
         self.forget_exited()
