@@ -335,3 +335,124 @@ def mod_watch(name, sfun=None, **kwargs):
         if out["kind"] == "hot":
             ret["comment"] += "; the running epoch keeps serving"
     return ret
+
+
+# --- discovery (issue: service discovery) -------------------------------------------------------
+
+# Host settings (map.jinja's dict) plus the pillar envoy:discovery sections a state may override.
+_DISC_KEYS = ("root", "install_dir", "config_dir", "manifest_dir", "log_dir", "run_dir", "url", "address",
+              "register", "server")
+
+
+def _disc_opts(kwargs):
+    return {k: v for k, v in kwargs.items() if k in _DISC_KEYS}
+
+
+def _disc_names(entries):
+    return sorted(f"{e['service']} {e['ip']}:{e['port']}" for e in entries)
+
+
+def registered(name, **kwargs):
+    """
+    This host's services (manifests with an ingress) are registered with the discovery service,
+    with the current revision and tags. Registers at once when not; the scheduled
+    ``envoy.register`` keeps them alive (heartbeats) afterwards.
+    """
+    ret = _ret(name)
+    opts = _disc_opts(kwargs)
+    try:
+        status = __salt__["envoy.registration_status"](**opts)
+        stale = [e for e in status["services"] if not e["current"]]
+        if status["problems"]:
+            ret["result"] = False
+            ret["comment"] = "manifest problems: " + "; ".join(status["problems"])
+            return ret
+        if not stale:
+            ret["comment"] = (f"registered at {status['url']}: " + ", ".join(_disc_names(status["services"]))
+                              if status["services"] else "no manifest with an ingress: nothing to register")
+            return ret
+        ret["changes"] = {"registered": _disc_names(stale)}
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = f"would register with {status['url']}: " + ", ".join(_disc_names(stale))
+            return ret
+        out = __salt__["envoy.register"](**opts)
+        ret["comment"] = f"registered with {out['url']}: " + ", ".join(out["registered"])
+    except CommandExecutionError as exc:
+        ret["changes"] = {}
+        ret["result"] = False
+        ret["comment"] = str(exc)
+    return ret
+
+
+def deregistered(name, **kwargs):
+    """This host's services are not listed by the discovery service (the formula's clean path)."""
+    ret = _ret(name)
+    opts = _disc_opts(kwargs)
+    try:
+        status = __salt__["envoy.registration_status"](**opts)
+        listed = [e for e in status["services"] if e["listed"]]
+        if not listed:
+            ret["comment"] = f"not registered at {status['url']}"
+            return ret
+        ret["changes"] = {"deregistered": _disc_names(listed)}
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = f"would deregister from {status['url']}: " + ", ".join(_disc_names(listed))
+            return ret
+        out = __salt__["envoy.deregister"](**opts)
+        ret["comment"] = f"deregistered from {out['url']}: " + ", ".join(out["deregistered"])
+    except CommandExecutionError as exc:
+        ret["changes"] = {}
+        ret["result"] = False
+        ret["comment"] = str(exc)
+    return ret
+
+
+def discovery_server_running(name, **kwargs):
+    """
+    The discovery service runs here as a daemon (pidfile in run_dir, log in log_dir) with the
+    settings of pillar ``envoy:discovery:server``; other settings restart it.
+    """
+    ret = _ret(name)
+    opts = _disc_opts(kwargs)
+    try:
+        status = __salt__["envoy.discovery_server_status"](**opts)
+        if status["running"] and status["current"]:
+            ret["comment"] = f"the discovery service runs (pid {status['pid']})"
+            return ret
+        action = "restarted" if status["running"] else "started"
+        ret["changes"] = {action: " ".join(status["command"])}
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = f"the discovery service would be {action}"
+            return ret
+        out = __salt__["envoy.discovery_server_start"](**opts)
+        ret["changes"]["pid"] = out["pid"]
+        ret["comment"] = f"the discovery service {action} (pid {out['pid']}), healthy"
+    except CommandExecutionError as exc:
+        ret["result"] = False
+        ret["comment"] = str(exc)
+    return ret
+
+
+def discovery_server_dead(name, **kwargs):
+    """The discovery service does not run here (hosts pillar no longer names)."""
+    ret = _ret(name)
+    opts = _disc_opts(kwargs)
+    try:
+        status = __salt__["envoy.discovery_server_status"](**opts)
+        if not status["running"]:
+            ret["comment"] = "the discovery service is not running"
+            return ret
+        ret["changes"] = {"stopped": status["pid"]}
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = f"the discovery service (pid {status['pid']}) would be stopped"
+            return ret
+        __salt__["envoy.discovery_server_stop"](**opts)
+        ret["comment"] = f"stopped the discovery service (pid {status['pid']})"
+    except CommandExecutionError as exc:
+        ret["result"] = False
+        ret["comment"] = str(exc)
+    return ret
