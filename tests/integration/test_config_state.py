@@ -240,3 +240,18 @@ def test_validation_runs_as_the_envoy_user_when_root(tmp_path, envoy_bin):
         import shutil
 
         shutil.rmtree(world, ignore_errors=True)
+
+
+def test_without_a_bundle_test_mode_predicts_and_a_real_run_fails_clearly(tmp_path):
+    bare = SandboxHost(tmp_path / "bare", minion_id="bare-host")
+    bare.set_pillar({"envoy": NETWORK})
+    bare.sync()
+    manifest_dir = Path(bare.settings["manifest_dir"])
+    manifest_dir.mkdir(parents=True)
+    (manifest_dir / "foo.yaml").write_text(MANIFEST)
+    predicted = bare.apply("envoy.config", test=True)[STATE]
+    assert predicted["result"] is None and "once the Envoy bundle is installed" in predicted["comment"]
+    result = bare.apply("envoy.config")[STATE]
+    assert result["result"] is False
+    assert "no Envoy bundle is installed" in result["comment"]
+    assert not config_path(bare).exists()
