@@ -80,6 +80,15 @@ def test_formula_keys_of_the_pillar_are_ignored():
     assert generate(manifests, {**pillar, **extra}, host) == generate(manifests, pillar, host)
 
 
+def test_empty_sections_mean_defaults():
+    """`routes:` with nothing after it (None in YAML) is the same as leaving the key out."""
+    manifests, pillar, host = golden_inputs("sidecar")
+    empty = {**pillar, "routes": None, "tls": None, "defaults": None, "overridable": None}
+    assert generate(manifests, empty, host) == generate(manifests, pillar, host)
+    manifest = manifests[0][1] + "databases:\n"
+    assert generate([(manifests[0][0], manifest)], pillar, host) == generate(manifests, pillar, host)
+
+
 def test_cli_writes_yaml_to_stdout_from_stdin_facts(tmp_path, monkeypatch, capsys):
     manifests, pillar, host = golden_inputs("sidecar")
     (tmp_path / "foo.yaml").write_text(manifests[0][1])

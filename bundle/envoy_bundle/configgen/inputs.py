@@ -93,7 +93,7 @@ def check_pillar(pillar, problems):
         return {name: INVALID for name in PILLAR_SECTIONS}
     out = {}
     for name, field in PILLAR_SECTIONS.items():
-        if name in pillar:
+        if pillar.get(name) is not None:
             out[name] = field.spec.check(pillar[name], [name], where)
         elif field.has_default:
             out[name] = field.check_default([name], where)

@@ -213,7 +213,8 @@ class Map(Spec):
                 where.fail(list(path) + [key], unknown_field_text(key, self.fields))
                 ok = False
         for name, field in self.fields.items():
-            if name in value:
+            # `key:` with nothing after it (None) means not set, as Salt pillars often have it.
+            if value.get(name) is not None:
                 cleaned = field.spec.check(value[name], list(path) + [name], where)
                 if cleaned is INVALID:
                     ok = False
