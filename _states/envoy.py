@@ -142,7 +142,10 @@ def _config_install(name, tmp):
         prev_tmp = name + f".prev.{os.getpid()}.tmp"
         if os.path.exists(prev_tmp):
             os.unlink(prev_tmp)
-        os.link(name, prev_tmp)
+        try:
+            os.link(name, prev_tmp)
+        except OSError:  # a filesystem without hard links
+            shutil.copy2(name, prev_tmp)
         os.replace(prev_tmp, name + ".prev")
     os.replace(tmp, name)
     dir_fd = os.open(os.path.dirname(name), os.O_RDONLY)
