@@ -115,6 +115,13 @@ def test_cli_prints_one_message_per_line(tmp_path, capsys):
     assert len(lines) == 2 and all(line.startswith(f"manifest {tmp_path}/a.yaml: upstreams[") for line in lines)
 
 
+def test_an_unreadable_manifest_is_reported_not_a_crash(tmp_path, capsys):
+    (tmp_path / "broken.yaml").symlink_to(tmp_path / "missing-target")
+    (tmp_path / "facts.json").write_text(json.dumps({"pillar": {}, "host": HOST}))
+    assert configgen_main(["--manifest-dir", str(tmp_path), "--facts", str(tmp_path / "facts.json")]) == 2
+    assert f"manifest {tmp_path}/broken.yaml: cannot be read: No such file or directory" in capsys.readouterr().err
+
+
 def test_hidden_and_non_yaml_files_in_the_manifest_dir_are_skipped(tmp_path, capsys):
     (tmp_path / ".foo.yaml.swp").write_text("garbage: [")
     (tmp_path / "README").write_text("not a manifest")

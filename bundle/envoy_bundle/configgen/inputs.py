@@ -49,14 +49,20 @@ def read_manifest_dir(directory):
     for name in sorted(os.listdir(directory)):
         if name.endswith(".yaml") and not name.startswith("."):
             path = os.path.join(directory, name)
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                out.append((path, handle.read()))
+            try:
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    out.append((path, handle.read()))
+            except OSError as exc:  # reported by parse_manifest with the other problems
+                out.append((path, exc))
     return out
 
 
 def parse_manifest(path, text, problems):
     """A Manifest with defaults filled in, or None after reporting what is wrong with it."""
     where = Where.manifest(problems, path)
+    if isinstance(text, OSError):
+        where.fail([], f"cannot be read: {text.strerror}")
+        return None
     try:
         data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
