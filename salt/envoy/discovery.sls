@@ -53,7 +53,9 @@ envoy-discovery-schedule-present:
   schedule.present:
     - name: envoy-discovery-register
     - function: envoy.register
-    - job_kwargs: {{ host_kwargs | tojson }}
+    {#- Self-contained: a minion running masterless has no pillar in its scheduler. #}
+    - job_kwargs: {{ dict(host_kwargs, url=discovery.get('url') or ('http://' ~ discovery.address),
+                          register=register) | tojson }}
     {%- if register.get('seconds') %}
     - seconds: {{ register.seconds }}
     {%- else %}

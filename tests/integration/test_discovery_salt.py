@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers.net import free_port
+from tests.helpers.discovery import DiscoveryService, Process
+from tests.helpers.net import free_port, wait_for
 from tests.helpers.sandbox import SandboxHost, deep_merge
 
 DISCOVERY_CMD = str(Path(sys.executable).with_name("envoy-discovery"))
@@ -133,3 +134,34 @@ def test_a_host_no_longer_named_stops_the_service(host):
     assert "stopped" in out["envoy-discovery-server-dead"]["changes"]
     _, status = host.salt_call("envoy.discovery_server_status")
     assert status["running"] is False
+
+
+def test_a_real_minion_scheduler_keeps_the_host_alive(tmp_path):
+    """The schedule job the state writes, run by a real salt-minion (masterless: no pillar in its
+    scheduler, so the job carries its own settings), heartbeats every `seconds`."""
+    with DiscoveryService(tmp_path, ttl=600) as service:
+        sandbox = SandboxHost(tmp_path / "host", minion_id="web2", pillar={"envoy": {"discovery": {
+            "url": service.url,
+            "register": {"ip": "127.0.0.8", "seconds": 1, "splay": 1, "tags": {"az": "us-east-1c"}}}}})
+        manifests = Path(sandbox.settings["manifest_dir"])
+        manifests.mkdir(parents=True)
+        (manifests / "users.yaml").write_text("service: users\ningress: {port: 8081, app_port: 8080}\n")
+        sandbox.sync()
+        out = sandbox.apply(SLS)
+        assert all(ret["result"] is True for ret in out.values()), out
+        (sandbox.conf_dir / "minion.d").mkdir(exist_ok=True)
+        (sandbox.conf_dir / "minion.d" / "masterless.conf").write_text("master_type: disable\n")
+        minion = Process([str(Path(sys.executable).with_name("salt-minion")), "-c", str(sandbox.conf_dir)],
+                         tmp_path / "minion.log")
+        try:
+            check_ins = set()
+
+            def heartbeats_seen():
+                hosts = requests.get(f"{service.url}/v1/registration/users", timeout=5).json()["hosts"]
+                check_ins.update(h["last_check_in"] for h in hosts)
+                return len(check_ins) >= 4
+
+            wait_for(heartbeats_seen, timeout=30, interval=0.3, what="3 scheduled heartbeats")
+        finally:
+            minion.stop()
+        assert "Unhandled exception" not in minion.log_tail(20000)
