@@ -11,13 +11,10 @@ class ConfigError(Exception):
 
 
 class Problems:
-    """Collects messages so one run reports every problem, not just the first."""
+    """Collects messages (``schema.Where`` formats them) so one run reports every problem."""
 
     def __init__(self):
         self.messages = []
-
-    def add(self, source, message):
-        self.messages.append(f"{source}: {message}")
 
     def raise_if_any(self):
         if self.messages:
