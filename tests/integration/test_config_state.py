@@ -87,6 +87,8 @@ def test_first_apply_writes_a_validated_config(host, envoy_bin, tmp_path):
     assert path.read_text() == rendered
     _, verdict = host.salt_call("envoy.validate", f"path={path}")
     assert verdict == {"ok": True, "error": ""}
+    _, verdict = host.salt_call("envoy.validate")  # renders afresh, validates in a temp dir
+    assert verdict == {"ok": True, "error": ""}
 
 
 def test_second_apply_changes_nothing(host):
