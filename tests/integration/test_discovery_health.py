@@ -80,6 +80,44 @@ def test_a_registered_but_dead_host_gets_no_traffic(stack):
     assert envoy.stat("cluster.web.upstream_cx_connect_fail") == 0
 
 
+def test_the_config_generators_eds_clusters_fetch_from_this_service(stack, envoy_bin, tmp_path):
+    """The bundle's own generator (envoy_bundle.configgen) renders the EDS cluster; a real Envoy
+    running that config gets its endpoints from this service and routes to them."""
+    from envoy_bundle.configgen import generate
+
+    discovery, _, apps, _ = stack
+    for port in apps.values():
+        assert register(discovery.url, "rides", "127.0.0.1", port).status_code == 200
+    egress, admin = free_port(), free_port()
+    pillar = {"roles": ["sidecar"], "listeners": {"egress": {"address": "127.0.0.1", "port": egress}},
+              "discovery": {"address": f"127.0.0.1:{discovery.port}"}, "services": {"rides": {"discovery": "eds"}}}
+    manifest = ("/etc/envoy/manifest.d/worker.yaml", "service: worker\nupstreams: [{service: rides}]\n")
+    host = {"node_id": "gen-test", "admin_address": "127.0.0.1", "admin_port": admin, "log_dir": str(tmp_path)}
+    config = tmp_path / "generated.yaml"
+    config.write_text(generate([manifest], pillar, host))
+    proc = Process([envoy_bin, "-c", str(config), "--disable-hot-restart", "--concurrency", "1", "-l", "warning"],
+                   tmp_path / "envoy.log")
+    try:
+        admin_url = f"http://127.0.0.1:{admin}"
+
+        def rides_healthy():
+            status = requests.get(f"{admin_url}/clusters?format=json", timeout=2).json()
+            [rides] = [c for c in status["cluster_statuses"] if c["name"] == "rides"]
+            hosts = rides.get("host_statuses", [])
+            return len(hosts) == 2 and not any(h["health_status"].get("failed_active_health_check") for h in hosts)
+
+        wait_until(rides_healthy, 30, "the generated EDS cluster to get both hosts from discovery")
+        seen = set()
+        with requests.Session() as session:
+            for _ in range(20):
+                resp = session.get(f"http://127.0.0.1:{egress}/", headers={"Host": "rides"}, timeout=5)
+                assert resp.status_code == 200, resp.text
+                seen.add(resp.headers["x-upstream"])
+        assert seen == set(apps)
+    finally:
+        proc.stop()
+
+
 def test_a_healthy_host_missing_from_discovery_keeps_traffic_until_it_fails_checks(stack):
     discovery, envoy, apps, procs = stack
     port = apps["live-2"]
