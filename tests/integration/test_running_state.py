@@ -70,7 +70,10 @@ class Host:
         return read_status(self.run_dir)
 
     def serves(self):
-        return http_get(f"http://127.0.0.1:{self.listener_port}/ping", timeout=3)[0] == 200
+        try:
+            return http_get(f"http://127.0.0.1:{self.listener_port}/ping", timeout=3)[0] == 200
+        except OSError:
+            return False
 
     def live(self):
         status = self.status() or {}
@@ -139,8 +142,9 @@ def test_test_mode_predicts_a_hot_restart_and_touches_nothing(host):
 
 
 def test_config_change_hot_restarts(host):
+    host.apply()  # envoy runs, whatever ran before
     before = host.status()
-    host.set_config("v2")
+    host.set_config("v2-applied")
     running = running_result(host.apply())
     assert running["result"] is True, running
     assert running["changes"]["restart"] == "hot"
@@ -152,6 +156,7 @@ def test_config_change_hot_restarts(host):
 
 
 def test_new_epoch_that_cannot_start_leaves_old_serving_and_rolls_back(host):
+    host.apply()  # envoy runs, whatever ran before
     before = host.status()
     good_config = host.config_file.read_text()
     holder = socket.socket()
@@ -189,6 +194,7 @@ def test_new_epoch_that_cannot_start_leaves_old_serving_and_rolls_back(host):
 
 
 def test_other_hot_restart_version_takes_a_drained_full_restart(host, tmp_path):
+    host.apply()  # envoy runs, whatever ran before
     wrapper = version_wrapper(tmp_path / "envoy-other-version", host.envoy_bin, "99.999")
     make_release(host.install_dir, "r2", str(wrapper))
     switch_current(host.install_dir, "r2")
@@ -214,6 +220,7 @@ def test_other_hot_restart_version_takes_a_drained_full_restart(host, tmp_path):
 
 
 def test_killed_restarter_is_recovered_without_an_orphan(host):
+    host.apply()  # envoy runs, whatever ran before
     status = host.status()
     orphan = status["live_pid"]
     # Stopped, the envoy cannot act on the SIGTERM its parent's death sends it: a real orphan.
@@ -254,4 +261,60 @@ def test_two_salt_calls_at_once_restart_once(host):
     status = host.status()
     assert status["restart_seq"] == before["restart_seq"] + 1
     assert status["live_epoch"] == before["live_epoch"] + 1
+    assert host.serves()
+
+
+def call(host, *args):
+    return host.sandbox.salt_call(*args)[1]
+
+
+def test_operations_status_stats_healthcheck_and_logs(host):
+    host.apply()
+    status = call(host, "envoy.status")
+    recorded = host.status()
+    assert status["running"] and status["live"] and status["state"] == "LIVE"
+    assert status["supervisor"] == "daemon"
+    assert status["restarter_pid"] == recorded["restarter_pid"]
+    assert status["epoch"] == recorded["live_epoch"]
+    assert status["envoy_version"].startswith("9e5580") or "1.40" in status["envoy_version"]
+    assert status["bundle"] == {"current": "r1", "running": "r1"}
+    assert status["config_sha256"]["file"] == status["config_sha256"]["running"]
+    assert status["uptime_s"]["all_epochs"] >= status["uptime_s"]["current_epoch"] >= 0
+
+    host.serves()
+    stats = call(host, "envoy.stats", "prefix=http.ingress.downstream_rq_")
+    assert stats and all(name.startswith("http.ingress.downstream_rq_") for name in stats)
+    assert stats["http.ingress.downstream_rq_completed"] >= 1
+    assert set(call(host, "envoy.stats", "filter=^server\\.live$")) == {"server.live"}
+
+    health = f"http://127.0.0.1:{host.listener_port}/envoy-health"
+    assert http_get(health)[0] == 200
+    assert call(host, "envoy.healthcheck_fail") is True
+    assert http_get(health)[0] == 503
+    assert host.serves()  # only the health check answers 503: traffic still flows while draining
+    assert call(host, "envoy.healthcheck_ok") is True
+    assert http_get(health)[0] == 200
+    assert call(host, "envoy.reopen_logs") is True
+
+
+def test_module_hot_restart_reports_the_outcome(host):
+    host.apply()  # envoy runs, whatever ran before
+    before = host.status()
+    wait_for(lambda: len(host.status()["epochs"]) == 1, timeout=20, what="the parent gone")
+    out = call(host, "envoy.hot_restart")
+    assert out["result"] is True and out["kind"] == "hot" and out["outcome"] == "success"
+    assert out["epoch"] == before["live_epoch"] + 1
+    assert host.status()["live_epoch"] == out["epoch"]
+
+
+def test_drain_then_stop_and_start(host):
+    host.apply()  # envoy runs, whatever ran before
+    assert call(host, "envoy.drain") is True
+    wait_for(lambda: not host.serves(), timeout=20, what="listeners drained")
+    stopped = call(host, "envoy.stop")
+    assert stopped["stopped"] is True
+    assert host.our_envoy_pids() == []
+    assert call(host, "envoy.status")["running"] is False
+    started = call(host, "envoy.start")
+    assert started["result"] is True and started["started"] is True
     assert host.serves()
