@@ -1298,8 +1298,9 @@ def _op_tail(path, limit=2000):
         return ""
 
 
-def _op_wait_first_epoch(host, timing, restarter_pid):
-    """After a start: LIVE (True, None), or the failure the restarter recorded (False, error)."""
+def _op_wait_first_epoch(host, timing, restarter_pid, after_seq=0):
+    """After a start: LIVE (True, None), or the failure the restarter recorded (False, error).
+    Only failures of attempts after ``after_seq`` count; a backed-off retry is waited for."""
     def settled():
         if not _op_alive(restarter_pid):
             return "exited"
@@ -1309,9 +1310,10 @@ def _op_wait_first_epoch(host, timing, restarter_pid):
         if recorded.get("live_epoch") is not None:
             return "live"
         last = recorded.get("last_restart") or {}
-        return "failed" if last.get("outcome") == "failed" else None
+        return "failed" if last.get("outcome") == "failed" and last.get("seq", 0) > after_seq else None
 
-    outcome = _op_wait(settled, timing["live_timeout_s"] + 10)
+    retry_in = _op_read_status(host).get("next_start_in_s") or 0
+    outcome = _op_wait(settled, timing["live_timeout_s"] + 10 + retry_in)
     if outcome == "live":
         return True, None
     if outcome == "failed":
@@ -1343,8 +1345,16 @@ def _op_start_locked(host, timing, kwargs, wait=True):
     kind = supervisor(**kwargs)
     pid = _op_restarter_pid(host)
     if pid:
-        return {"result": True, "started": False, "restarter_pid": pid, "supervisor": kind,
-                "comment": f"the restarter already runs (pid {pid})"}
+        ret = {"result": True, "started": False, "restarter_pid": pid, "supervisor": kind,
+               "comment": f"the restarter already runs (pid {pid})", "epoch": _op_read_status(host).get("live_epoch")}
+        if wait and ret["epoch"] is None:  # it runs, but is Envoy LIVE? (a crash loop is not)
+            last = _op_read_status(host).get("last_restart") or {}
+            seq = last.get("seq", 0) - (1 if last.get("outcome") == "pending" else 0)
+            ok, error = _op_wait_first_epoch(host, timing, pid, after_seq=seq)
+            ret.update(result=ok, error=error, epoch=_op_read_status(host).get("live_epoch"))
+            if not ok:
+                ret["comment"] += f", but no envoy epoch is LIVE: {error}"
+        return ret
     orphans = _op_orphans(host)
     if orphans:
         log.warning("envoy: stopping epochs %s left without a restarter", orphans)

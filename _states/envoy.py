@@ -271,6 +271,12 @@ def running(name, **kwargs):
     opts = _running_opts(kwargs)
     try:
         status = __salt__["envoy.status"](**opts)
+        if status["running"] and status["epoch"] is None and not __opts__["test"]:
+            # The restarter runs but no epoch is LIVE (starting, or crash looping): wait and see.
+            out = __salt__["envoy.start"](**opts)
+            ret["result"] = out["result"]
+            ret["comment"] = out["comment"]
+            return ret
         if status["running"]:
             ret["comment"] = (f"envoy runs under the restarter (pid {status['restarter_pid']}, "
                               f"{status['supervisor']}), epoch {status['epoch']}, {status['state']}")

@@ -514,7 +514,15 @@ class Restarter:
             "hot_restart_blocked": self.hot_restart_blocked,
             "crashes": self.crashes,
             "last_crash": getattr(self, "last_crash", None),
+            "next_start_in_s": self.next_start_in_s(),
         }
+
+    def next_start_in_s(self):
+        """When nothing is LIVE or starting: seconds until the next (backed-off) epoch 0 start."""
+        if self.live is not None or self.candidate is not None:
+            return None
+        # Rounded up to whole seconds so the status file does not change at every tick.
+        return int(max(0.0, getattr(self, "crash_restart_at", 0.0) - time.monotonic()) + 0.999)
 
     def write_status(self, state="running"):
         data = self.status(state)

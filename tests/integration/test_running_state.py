@@ -318,3 +318,26 @@ def test_drain_then_stop_and_start(host):
     started = call(host, "envoy.start")
     assert started["result"] is True and started["started"] is True
     assert host.serves()
+
+
+def test_crash_looping_envoy_fails_the_state_until_it_recovers(host):
+    host.apply()
+    call(host, "envoy.stop")
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", host.listener_port))
+    holder.listen()
+    try:
+        first = running_result(host.apply())
+        assert first["result"] is False
+        assert "cannot bind" in first["comment"], first
+        # The restarter keeps retrying epoch 0 with backoff: the next run waits for a retry and reports it.
+        second = running_result(host.apply())
+        assert second["result"] is False
+        assert "no envoy epoch is LIVE" in second["comment"] and "cannot bind" in second["comment"], second
+        assert host.status()["crashes"] == 0 and host.status()["live_epoch"] is None
+    finally:
+        holder.close()
+    recovered = running_result(host.apply())
+    assert recovered["result"] is True, recovered
+    assert host.serves()
