@@ -40,12 +40,16 @@ class SaltCallError(RuntimeError):
 
 class SandboxHost:
     def __init__(self, base, minion_id="sandbox", pillar=None, admin_port=None, base_id=0,
-                 extra_file_roots=()):
+                 extra_file_roots=(), pillar_tree=None):
+        """``pillar_tree``: a pillar dir laid out like the repo's pillar/ (top.sls targeting
+        ``hosts.<minion id>``); this host's sandbox settings then go to ``hosts/<id>.sls`` there
+        instead of a pillar of its own."""
         self.base = Path(base)
         self.minion_id = minion_id
         self.root = self.base / "root"
         self.conf_dir = self.base / "salt-conf"
-        self.pillar_dir = self.base / "pillar"
+        self.pillar_tree = Path(pillar_tree) if pillar_tree else None
+        self.pillar_dir = self.pillar_tree or self.base / "pillar"
         self.ext_dir = self.base / "ext"
         for path in (self.root, self.conf_dir, self.pillar_dir, self.ext_dir):
             path.mkdir(parents=True, exist_ok=True)
@@ -97,8 +101,13 @@ class SandboxHost:
         (self.conf_dir / "minion").write_text(yaml.safe_dump(config))
 
     def set_pillar(self, pillar):
-        """Replace the pillar (``envoy:lookup`` for the sandbox is always merged in)."""
+        """Replace this host's own pillar (``envoy:lookup`` for the sandbox is always merged in)."""
         self.pillar = deep_merge({"envoy": {"lookup": self.lookup}}, pillar)
+        if self.pillar_tree:
+            host_file = self.pillar_tree / "hosts" / f"{self.minion_id}.sls"
+            host_file.parent.mkdir(parents=True, exist_ok=True)
+            host_file.write_text(yaml.safe_dump(self.pillar, sort_keys=True))
+            return
         (self.pillar_dir / "top.sls").write_text(yaml.safe_dump({"base": {"*": ["sandbox"]}}))
         (self.pillar_dir / "sandbox.sls").write_text(yaml.safe_dump(self.pillar, sort_keys=True))
 
