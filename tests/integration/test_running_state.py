@@ -264,6 +264,28 @@ def test_two_salt_calls_at_once_restart_once(host):
     assert host.serves()
 
 
+def test_two_reloads_triggered_by_the_same_change_restart_once(host):
+    """Both runs saw the change (the race the lock is for): the one that waited finds the restart
+    already done onto the same bundle and config, and does nothing."""
+    host.apply()
+    wait_for(lambda: len(host.status()["epochs"]) == 1, timeout=20, what="the parent gone")
+    before = host.status()
+    write_config(host.config_file, host.set_config("v7"))
+    outs = {}
+
+    def run(name):
+        outs[name] = host.sandbox.salt_call("envoy.reload", check=False)[1]
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    assert sorted(out["kind"] for out in outs.values()) == ["hot", "none"], outs
+    assert all(out["result"] is True for out in outs.values()), outs
+    assert host.status()["restart_seq"] == before["restart_seq"] + 1
+    assert host.status()["live_epoch"] == before["live_epoch"] + 1
+
 def call(host, *args):
     return host.sandbox.salt_call(*args)[1]
 
