@@ -11,6 +11,7 @@ Load: ``wrk`` when installed (keep-alive, 2 threads), else tests/helpers/load.py
 requests across 10 hot restarts, and p99 during restarts against a steady run of the same length.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -93,6 +94,8 @@ def cold_start_seconds(binary, work, app_port):
             finally:
                 proc.terminate()
                 proc.wait(10)
+                with contextlib.suppress(OSError):
+                    os.unlink(f"/dev/shm/envoy_shared_memory_{(400 + n) * 10}")
     return statistics.median(times)
 
 

@@ -553,8 +553,18 @@ class Restarter:
         self.live = self.candidate = None
         if self.last_restart and self.last_restart["outcome"] == "pending":
             self.finish_restart("failed", error="the restarter was stopped before the epoch got LIVE")
+        self.remove_shared_memory()
         self.write_status("stopped")
         return 0
+
+    def remove_shared_memory(self):
+        """No epoch of this base id is left: drop Envoy's hot restart shared memory, so a stale
+        segment (say, root-owned) cannot block the next epoch 0."""
+        path = f"/dev/shm/envoy_shared_memory_{self.args.base_id * 10}"
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def take_instance_lock(run_dir):

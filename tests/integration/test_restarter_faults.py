@@ -209,6 +209,7 @@ def test_sigusr1_is_forwarded_and_sigterm_stops_every_epoch(restarter):
     assert not pid_alive(status["live_pid"])
     final = restarter.status()
     assert final["state"] == "stopped" and final["epochs"] == []
+    assert not Path(f"/dev/shm/envoy_shared_memory_{restarter.base_id * 10}").exists()
     assert not (restarter.run_dir / "restarter.pid").exists()
 
 
