@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import select
 import signal
 import subprocess
@@ -99,13 +100,22 @@ def write_json_atomically(path, data):
     os.replace(tmp, path)
 
 
+# A private key Envoy might echo in an error (an inline secret in a bad config), even cut short.
+_PRIVATE_KEY_RE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S)
+
+
+def redact_secrets(text):
+    return _PRIVATE_KEY_RE.sub("<private key redacted>", text)
+
+
 def read_tail(path, start_offset=0, limit=LOG_TAIL_BYTES):
-    """The end of ``path`` from ``start_offset`` on (the part one epoch wrote), at most ``limit`` bytes."""
+    """The end of ``path`` from ``start_offset`` on (the part one epoch wrote), at most ``limit`` bytes,
+    private keys redacted (the tail lands in the status file and in state comments)."""
     try:
         with open(path, "rb") as handle:
             size = handle.seek(0, os.SEEK_END)
             handle.seek(max(start_offset, size - limit))
-            return handle.read().decode("utf-8", "replace")
+            return redact_secrets(handle.read().decode("utf-8", "replace"))
     except OSError:
         return ""
 

@@ -207,3 +207,12 @@ def test_envoy_error_line_and_log_tail_of_one_epoch(tmp_path):
     assert r.envoy_error_line(tail) == "[critical] error initializing config: bad"
     assert r.envoy_error_line("just a line\n") == "just a line"
     assert r.split_envoy_args(["--concurrency=2", "-l", "--x"]) == ["--concurrency", "2", "-l", "--x"]
+
+
+def test_private_keys_never_reach_the_failure_record(tmp_path):
+    log_path = tmp_path / "envoy.log"
+    log_path.write_text("[critical] bad key: -----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----"
+                        " and more\n[critical] cut short -----BEGIN EC PRIVATE KEY-----\nMHcCAQEE")
+    tail = r.read_tail(str(log_path))
+    assert "MIIEvQ" not in tail and "MHcCAQ" not in tail
+    assert tail.count("<private key redacted>") == 2 and "and more" in tail
