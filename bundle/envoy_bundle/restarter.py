@@ -538,10 +538,22 @@ class Restarter:
         data = self.status(state)
         if data == self._last_status:
             return
+        try:
+            write_json_atomically(self.status_path, {**data, "updated_at": now()})
+        except OSError as exc:  # a full disk must not take Envoy down; retried next tick
+            log.warning("cannot write %s: %s", self.status_path, exc)
+            return
         self._last_status = data
-        write_json_atomically(self.status_path, {**data, "updated_at": now()})
 
     # -- main --
+
+    def step(self):
+        self.reap()
+        self.check_candidate()
+        self.maybe_cold_start()
+        self.maybe_hot_restart()
+        self.reap_overdue_parents()
+        self.write_status()
 
     def run(self):
         self.install_signal_handlers()
@@ -550,12 +562,11 @@ class Restarter:
             self.handle_signals()
             if self.stopping:
                 break
-            self.reap()
-            self.check_candidate()
-            self.maybe_cold_start()
-            self.maybe_hot_restart()
-            self.reap_overdue_parents()
-            self.write_status()
+            try:
+                self.step()
+            except Exception:  # Envoy dies with us (its parent-death signal): never die of a bad tick
+                log.exception("unexpected error in the supervision loop; carrying on")
+                time.sleep(TICK_S)
             self.sleep(FAST_TICK_S if self.candidate or self.pending_hup else TICK_S)
         self.write_status("stopping")
         self.stop_epochs(list(self.epochs))

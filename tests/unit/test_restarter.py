@@ -216,3 +216,22 @@ def test_private_keys_never_reach_the_failure_record(tmp_path):
     tail = r.read_tail(str(log_path))
     assert "MIIEvQ" not in tail and "MHcCAQ" not in tail
     assert tail.count("<private key redacted>") == 2 and "and more" in tail
+
+
+def test_a_failing_tick_or_status_write_does_not_end_the_restarter(tmp_path, monkeypatch):
+    restarter = r.Restarter(args(tmp_path))  # no run dir: every status write fails
+    restarter.write_status()
+    assert not (tmp_path / "run").exists()
+    calls = []
+
+    def broken_step():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        restarter.stopping = True
+
+    monkeypatch.setattr(restarter, "step", broken_step)
+    monkeypatch.setattr(restarter, "install_signal_handlers", lambda: setattr(restarter, "wakeup_fd", os.open(os.devnull, os.O_RDONLY)))
+    monkeypatch.setattr(restarter, "sleep", lambda *_: None)
+    assert restarter.run() == 0
+    assert len(calls) == 2
