@@ -337,6 +337,10 @@ def test_drain_then_stop_and_start(host):
     assert stopped["stopped"] is True
     assert host.our_envoy_pids() == []
     assert call(host, "envoy.status")["running"] is False
+    planned = running_result(host.apply(test=True))
+    assert planned["result"] is None and planned["changes"]["started"] is True
+    assert "would be started" in planned["comment"]
+    assert call(host, "envoy.status")["running"] is False
     started = call(host, "envoy.start")
     assert started["result"] is True and started["started"] is True
     assert host.serves()
