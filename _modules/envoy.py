@@ -1094,7 +1094,7 @@ def _op_terminate(pids, timeout):
     return killed
 
 
-def _op_wait(predicate, timeout, interval=0.02):
+def _op_wait(predicate, timeout, interval=0.01):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -1281,6 +1281,9 @@ def _op_spawn_daemon(host, command):
                 os.setgid(gid)
                 os.setuid(uid)
             os.execv(command[0], command)
+        except BaseException as exc:  # noqa: BLE001 - whatever it is, the state must be able to say it
+            as_user = f" as user {host['user']}" if drop else ""
+            os.write(2, f"cannot start the restarter{as_user}: {command[0]}: {exc}\n".encode())
         finally:
             os._exit(127)
     os.close(log_fd)
