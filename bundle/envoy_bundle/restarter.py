@@ -43,7 +43,7 @@ STATUS_FILE = "status.json"
 PID_FILE = "restarter.pid"
 LOCK_FILE = "restarter.lock"
 TICK_S = 0.1
-FAST_TICK_S = 0.02  # while an epoch starts: notice LIVE (or death) quickly
+FAST_TICK_S = 0.01  # while an epoch starts: notice LIVE (or death) quickly
 LOG_TAIL_BYTES = 4000
 VERSION_MISMATCH = "Hot restart version mismatch"
 # Bounds of the crash-restart backoff; a live epoch that survived STABLE_S resets it.
