@@ -376,7 +376,9 @@ class Restarter:
             self.candidate_live(epoch)
             return
         if time.monotonic() - epoch.started_mono > self.args.live_timeout_s:
-            self.stop_epochs([epoch])
+            # SIGKILL, not SIGTERM: a child shutting down cleanly asks its parent to terminate too,
+            # and the parent is the epoch that must keep serving.
+            self.stop_epochs([epoch], signum=signal.SIGKILL)
             self.candidate_failed(epoch, f"epoch {epoch.number} not LIVE after {self.args.live_timeout_s:g}s")
 
     def candidate_live(self, epoch):
@@ -483,11 +485,11 @@ class Restarter:
                 log.warning("draining epoch %d outlived its shutdown time: stopping it", epoch.number)
                 self.stop_epochs([epoch])
 
-    def stop_epochs(self, epochs):
-        """TERM, then KILL whatever is left after --stop-timeout-s."""
+    def stop_epochs(self, epochs, signum=signal.SIGTERM):
+        """TERM (or ``signum``), then KILL whatever is left after --stop-timeout-s."""
         epochs = [e for e in epochs if e.alive()]
         for epoch in epochs:
-            epoch.signal(signal.SIGTERM)
+            epoch.signal(signum)
         deadline = time.monotonic() + self.args.stop_timeout_s
         while any(e.alive() for e in epochs) and time.monotonic() < deadline:
             time.sleep(0.05)

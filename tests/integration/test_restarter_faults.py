@@ -43,6 +43,7 @@ class RestarterHost:
         self.listener_port = free_port()
         self.app = app
         self.base_id = base_id
+        self.live_timeout_s = 15
         self.proc = None
         make_release(self.install_dir, "r1", envoy_bin)
         switch_current(self.install_dir, "r1")
@@ -57,7 +58,7 @@ class RestarterHost:
                 "--base-id", str(self.base_id), "--admin-port", str(self.admin_port),
                 "--run-dir", str(self.run_dir), "--log-dir", str(self.log_dir),
                 "--drain-time-s", "2", "--parent-shutdown-time-s", "3",
-                "--live-timeout-s", "15", "--stop-timeout-s", "5", "--envoy-arg=--concurrency=1"]
+                "--live-timeout-s", str(self.live_timeout_s), "--stop-timeout-s", "5", "--envoy-arg=--concurrency=1"]
 
     def start(self):
         self.log = open(self.base / "restarter.log", "ab")  # noqa: SIM115 (closed in stop)
@@ -159,6 +160,27 @@ def test_new_epoch_that_cannot_start_leaves_the_old_one_serving(restarter):
     assert refused["outcome"] == "refused"
     assert restarter.status()["live_pid"] == live_pid
     assert restarter.serves()
+
+
+def test_new_epoch_not_live_in_time_is_stopped_and_the_old_one_serves(tmp_path, envoy_bin, app):
+    host = RestarterHost(tmp_path, envoy_bin, app, base_id=BASE_ID + 2)
+    host.live_timeout_s = 3
+    host.write_config("fast")
+    host.start()
+    try:
+        live_pid = host.status()["live_pid"]
+        host.write_config("slow", init_delay_s=30)  # would stay INITIALIZING for 30 s
+        outcome = host.hup_and_wait()
+        assert outcome["outcome"] == "failed"
+        assert "not LIVE after 3s" in outcome["error"]
+        status = host.status()
+        assert [e["pid"] for e in status["epochs"]] == [live_pid]  # the hung child was stopped
+        assert pid_alive(live_pid) and host.serves()
+        assert status["crashes"] == 0 and status["hot_restart_blocked"]
+        time.sleep(1)
+        assert pid_alive(live_pid) and host.serves()  # and not taken down with the child
+    finally:
+        host.stop()
 
 
 def test_sighup_while_initializing_is_deferred(tmp_path, envoy_bin, app):
