@@ -790,6 +790,44 @@ def _cfg_run_generator(host):
     return proc.stdout
 
 
+def _cfg_manifest_files(manifest_dir):
+    """(name, bytes) of every file in the manifest dir: a superset of what the generator reads."""
+    try:
+        names = sorted(os.listdir(manifest_dir))
+    except FileNotFoundError:
+        return []
+    files = []
+    for name in names:
+        path = os.path.join(manifest_dir, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as handle:
+                files.append((name, handle.read()))
+    return files
+
+
+def render_inputs_digest(**kwargs):
+    """
+    sha256 of everything the config generator reads: the current bundle (its release id), the
+    files in ``manifest_dir``, pillar ``envoy`` and the host facts. The generator is deterministic
+    (same inputs, same bytes), so an unchanged digest means an unchanged rendered config:
+    ``envoy.config_managed`` then skips rendering.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.render_inputs_digest
+    """
+    host = settings(**kwargs)
+    digest = hashlib.sha256()
+    digest.update(os.path.realpath(host["current_dir"]).encode() + b"\0")
+    for name, data in _cfg_manifest_files(host["manifest_dir"]):
+        digest.update(f"{name}\0{len(data)}\0".encode() + data)
+    facts = {"pillar": _cfg_pillar(), "host": _cfg_host_facts(host)}
+    digest.update(json.dumps(facts, default=str, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
 def render(redact=True, **kwargs):
     """
     This host's Envoy config, rendered by the current bundle's generator from the manifests in

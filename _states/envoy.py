@@ -6,6 +6,7 @@ under ``test=True``, is idempotent, and turns ``CommandExecutionError`` into ``r
 with a readable comment. Secrets never reach ``changes`` or ``comment``.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -155,6 +156,45 @@ def _config_install(name, tmp):
         os.close(dir_fd)
 
 
+def _config_stamp_path(name):
+    return os.path.join(os.path.dirname(name), "." + os.path.basename(name) + ".inputs.json")
+
+
+def _config_file_sha256(name):
+    import hashlib
+
+    try:
+        with open(name, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _config_stamp_matches(name, inputs):
+    """True when the config on disk is the one rendered from these very inputs (and is 0640):
+    nothing to render. A hand edit, a rollback or a lost stamp falls through to a real render."""
+    try:
+        with open(_config_stamp_path(name), encoding="utf-8") as handle:
+            stamp = json.load(handle)
+        mode_ok = (os.stat(name).st_mode & 0o777) == _CONFIG_MODE
+    except (OSError, ValueError):
+        return False
+    return mode_ok and stamp.get("inputs") == inputs and stamp.get("config_sha256") == _config_file_sha256(name)
+
+
+def _config_write_stamp(name, inputs):
+    """Record which inputs rendered the config on disk (written atomically; a failure only costs
+    a render next time)."""
+    path = _config_stamp_path(name)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", dir=os.path.dirname(name))
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"inputs": inputs, "config_sha256": _config_file_sha256(name)}, handle)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not record the config's inputs in %s: %s", path, exc)
+
+
 def config_managed(name, **kwargs):
     """
     This host's Envoy config at ``name``: rendered by the current bundle's generator (manifests,
@@ -179,6 +219,10 @@ def config_managed(name, **kwargs):
             # A first test run: the bundle state only predicts its install, so nothing can render yet.
             ret.update(result=None, comment=f"{name} will be rendered once the Envoy bundle is installed")
             return ret
+        inputs = __salt__["envoy.render_inputs_digest"](**opts)
+        if _config_stamp_matches(name, inputs):
+            ret["comment"] = f"{name} is up to date (its inputs are unchanged)"
+            return ret
         new = __salt__["envoy.render"](redact=False, **opts)
     except CommandExecutionError as exc:
         ret.update(result=False, comment=f"{name} not changed: {exc}")
@@ -186,6 +230,8 @@ def config_managed(name, **kwargs):
     old = _config_read(name)
     mode_ok = old is None or (os.stat(name).st_mode & 0o777) == _CONFIG_MODE
     if old == new and mode_ok:
+        if not __opts__["test"]:
+            _config_write_stamp(name, inputs)
         ret["comment"] = f"{name} is up to date"
         return ret
     if old == new:
@@ -195,7 +241,10 @@ def config_managed(name, **kwargs):
         if old is not None:
             ret["changes"]["previous"] = name + ".prev"
     try:
-        return _config_apply(name, ret, host, new, changed=old != new)
+        ret = _config_apply(name, ret, host, new, changed=old != new)
+        if ret["result"] is True:
+            _config_write_stamp(name, inputs)
+        return ret
     except (CommandExecutionError, OSError) as exc:
         ret.update(result=False, changes={}, comment=f"{name} not changed: {__salt__['envoy.redact'](str(exc))}")
         return ret
@@ -317,14 +366,19 @@ def mod_watch(name, sfun=None, **kwargs):
     """
     ret = _ret(name)
     opts = _running_opts(kwargs)
-    try:
-        plan = __salt__["envoy.restart_kind"](**opts)
-        if __opts__["test"]:
-            ret["result"] = None
-            ret["changes"] = {"restart": plan["kind"]}
-            verb = {"start": "be started", "hot": "be hot restarted", "full": "get a drained full restart"}
-            ret["comment"] = f"envoy would {verb[plan['kind']]}: {plan['reason']}"
+    if __opts__["test"]:
+        ret["result"] = None
+        try:
+            plan = __salt__["envoy.restart_kind"](**opts)
+        except CommandExecutionError as exc:  # e.g. the bundle a real run would install is not there yet
+            ret["changes"] = {"restart": "unknown"}
+            ret["comment"] = f"envoy would be restarted; which kind cannot be told yet: {exc}"
             return ret
+        ret["changes"] = {"restart": plan["kind"]}
+        verb = {"start": "be started", "hot": "be hot restarted", "full": "get a drained full restart"}
+        ret["comment"] = f"envoy would {verb[plan['kind']]}: {plan['reason']}"
+        return ret
+    try:
         out = __salt__["envoy.reload"](**opts)
     except CommandExecutionError as exc:
         ret["result"] = False

@@ -100,6 +100,33 @@ def test_second_apply_changes_nothing(host):
     assert snapshot(host) == before
 
 
+def test_unchanged_inputs_skip_rendering_and_any_drift_renders_again(host):
+    apply(host)
+    assert "its inputs are unchanged" in apply(host)["comment"]
+    path = config_path(host)
+    good = path.read_text()
+    # A hand edit of the live config: rendered again and put back.
+    path.write_text(good + "# hand edit\n")
+    result = apply(host)
+    assert result["result"] is True and "+# hand edit" not in result["changes"]["diff"], result
+    assert "-# hand edit" in result["changes"]["diff"] and path.read_text() == good
+    # Mode drift alone: fixed without a rewrite.
+    os.chmod(path, 0o644)
+    result = apply(host)
+    assert result["changes"] == {"mode": "0o640"}, result
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    # A manifest edit changes the inputs: rendered, and the new config written.
+    reset_manifests(host, {"foo.yaml": MANIFEST.replace("timeout_ms: 250", "timeout_ms: 300")})
+    try:
+        result = apply(host)
+        assert "+                  timeout: 0.300s" in result["changes"]["diff"], result
+    finally:
+        reset_manifests(host, {"foo.yaml": MANIFEST})
+        assert apply(host)["result"] is True
+    assert path.read_text() == good
+    assert "its inputs are unchanged" in apply(host)["comment"]
+
+
 def test_test_mode_shows_the_diff_and_writes_nothing(host):
     apply(host)
     before = snapshot(host)
