@@ -21,6 +21,7 @@ lint: venv
 	$(BIN)/ruff check _modules _states bundle discovery tests benchmarks demo
 	$(BIN)/yamllint -s .
 	$(BIN)/salt-lint $$(find salt pillar -name '*.sls')
+	$(BIN)/python -m tests.show_sls
 
 bench: venv
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

@@ -5,7 +5,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from envoy_bundle.builder import default_envoy_path
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,0 +1,48 @@
+"""
+`make lint` step (python -m tests.show_sls): ``state.show_sls envoy`` must render, through the real ``salt-call --local``, with
+every example pillar: the example tree pillar/ as the front host and as a service host, and the
+documented pillar.example. Prints the state ids per case; exits 1 naming the case that failed.
+"""
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from tests.helpers.sandbox import REPO, SandboxHost
+
+
+def show_sls(host):
+    code, out = host.salt_call("state.show_sls", "envoy", check=False)
+    if code != 0 or not isinstance(out, dict):
+        raise RuntimeError(out if isinstance(out, str) else yaml.safe_dump(out))
+    return sorted({state.get("__id__", sid) for sid, state in out.items()})
+
+
+def cases(base):
+    tree = base / "pillar"
+    shutil.copytree(REPO / "pillar", tree)
+    for minion in ("front1", "svc1"):
+        yield f"pillar/ as {minion}", SandboxHost(base / minion, minion_id=minion, pillar_tree=tree)
+    example = yaml.safe_load((REPO / "pillar.example").read_text())
+    yield "pillar.example", SandboxHost(base / "example", minion_id="example", pillar=example)
+
+
+def main():
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="show-sls-") as tmp:
+        for name, host in cases(Path(tmp)):
+            host.sync()
+            try:
+                ids = show_sls(host)
+                print(f"{name}: {len(ids)} states: {', '.join(ids)}")
+            except RuntimeError as exc:
+                failed.append(name)
+                print(f"{name}: state.show_sls envoy failed:\n{exc}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
