@@ -231,6 +231,8 @@ class Restarter:
         self.last_restart = None
         self.hot_restart_blocked = None
         self.crashes = 0
+        self.last_crash = None
+        self.crash_restart_at = 0.0  # monotonic time of the next epoch 0 start (backoff)
         self.backoff_s = BACKOFF_MIN_S
         self.stopping = False
         self.signals = []
@@ -446,7 +448,7 @@ class Restarter:
         """Epoch 0 at boot, and again after the live epoch died (once its backoff has passed)."""
         if self.live is not None or self.candidate is not None or self.stopping:
             return
-        if time.monotonic() < getattr(self, "crash_restart_at", 0.0):
+        if time.monotonic() < self.crash_restart_at:
             return
         # Left-over draining epochs share the memory epoch 0 re-creates: they go first.
         self.stop_epochs(list(self.epochs))
@@ -525,7 +527,7 @@ class Restarter:
             "last_restart": self.last_restart,
             "hot_restart_blocked": self.hot_restart_blocked,
             "crashes": self.crashes,
-            "last_crash": getattr(self, "last_crash", None),
+            "last_crash": self.last_crash,
             "next_start_in_s": self.next_start_in_s(),
         }
 
@@ -534,7 +536,7 @@ class Restarter:
         if self.live is not None or self.candidate is not None:
             return None
         # Rounded up to whole seconds so the status file does not change at every tick.
-        return int(max(0.0, getattr(self, "crash_restart_at", 0.0) - time.monotonic()) + 0.999)
+        return int(max(0.0, self.crash_restart_at - time.monotonic()) + 0.999)
 
     def write_status(self, state="running"):
         data = self.status(state)
