@@ -10,6 +10,7 @@ a sandbox host with its own root, ports and base id, using the example pillar tr
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -96,7 +97,6 @@ def _user():
 
 def _group():
     import grp
-    import os
     return grp.getgrgid(os.getgid()).gr_name
 
 
@@ -150,6 +150,13 @@ def highstate(cli, **kwargs):
     return ret.data
 
 
+def record_figure(figure):
+    """benchmarks/bench_fleet.py runs this test and reads the figure from ENVOY_BENCH_OUT."""
+    out = os.environ.get("ENVOY_BENCH_OUT")
+    if out:
+        Path(out).write_text(json.dumps(figure))
+
+
 def changed(states):
     return sorted(s["__id__"] for s in states.values() if s["changes"])
 
@@ -180,6 +187,7 @@ def test_fleet_converges_and_follows_pillar_route_edits(minions, fleet):
     assert fleet.status_file("front1")["live_epoch"] == 1, "the front hot restarted once"
     assert fleet.status_file("svc1")["live_epoch"] == 0, "the sidecar's config did not change: no restart"
     print(f"pillar edit -> served on front1 in {elapsed:.1f}s (schedule {SCHEDULE_SECONDS}s + splay {SCHEDULE_SPLAY}s)")
+    record_figure({"edit_to_served_s": elapsed, "schedule_s": SCHEDULE_SECONDS, "splay_s": SCHEDULE_SPLAY})
 
     # 3. Converged: another highstate (queued behind any scheduled one) changes and restarts nothing.
     again = highstate(cli, queue=True)
