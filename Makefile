@@ -26,8 +26,11 @@ lint: venv
 bench: venv
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
+# A bundle in out/, and pillar/envoy/bundle.sls pointing hosts at it (kitchen.yml serves out/ as
+# salt://envoy-bundles/).
+BUNDLE_SOURCE_PREFIX ?= salt://envoy-bundles/
 bundle: venv
-	$(BIN)/envoy-bundle build --out out/
+	$(BIN)/envoy-bundle build --out out/ --pillar pillar/envoy/bundle.sls --source-prefix $(BUNDLE_SOURCE_PREFIX)
 
 demo: venv
 	$(BIN)/python -m demo up

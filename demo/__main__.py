@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
-from envoy_bundle.builder import build
+from envoy_bundle.builder import build, write_pillar
 
 from tests.helpers.load import LoadRunner
 from tests.helpers.net import http_get, wait_for
@@ -100,11 +100,9 @@ def up():
     say("Build the Envoy bundle (envoy binary + config generator + templates + restarter)")
     started = time.monotonic()
     tarball, sha_file = build(out_dir=DEMO / "out")
-    sha256 = Path(sha_file).read_text().split()[0]
     size_mb = Path(tarball).stat().st_size / 1e6
     step(rows, "bundle", f"{Path(tarball).name} ({size_mb:.1f} MB, {time.monotonic() - started:.1f}s)")
-    (PILLAR / "envoy" / "bundle.sls").write_text(yaml.safe_dump(
-        {"envoy": {"bundle": {"source": Path(tarball).as_uri(), "sha256": sha256}}}))
+    write_pillar(PILLAR / "envoy" / "bundle.sls", tarball, sha_file)
 
     say("Start the apps foo and bar, and drop their manifests on svc1")
     for name, port in APPS.items():

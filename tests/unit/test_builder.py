@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 from envoy_bundle import builder
 
 from tests.helpers.bundles import sha256_of, write_fake_envoy
@@ -92,6 +93,18 @@ def test_cli_prints_both_paths(tmp_path, fake_envoy, capsys):
     assert builder.main(["build", "--out", str(tmp_path / "cli"), "--envoy", str(fake_envoy)]) == 0
     tarball, sha_file = capsys.readouterr().out.split()
     assert Path(tarball).is_file() and Path(sha_file).read_text().split()[1] == Path(tarball).name
+
+
+def test_cli_writes_the_pillar_that_points_hosts_at_the_bundle(tmp_path, fake_envoy, capsys):
+    sls = tmp_path / "pillar" / "envoy" / "bundle.sls"
+    argv = ["build", "--out", str(tmp_path / "cli"), "--envoy", str(fake_envoy), "--pillar", str(sls)]
+    assert builder.main(argv) == 0
+    tarball, sha_file, pillar_path = capsys.readouterr().out.split()
+    bundle = yaml.safe_load(sls.read_text())["envoy"]["bundle"]
+    assert pillar_path == str(sls)
+    assert bundle == {"source": Path(tarball).resolve().as_uri(), "sha256": sha256_of(tarball)}
+    assert builder.main([*argv, "--source-prefix", "salt://envoy-bundles/"]) == 0
+    assert yaml.safe_load(sls.read_text())["envoy"]["bundle"]["source"] == f"salt://envoy-bundles/{Path(tarball).name}"
 
 
 def test_cli_refuses_a_binary_that_is_not_envoy(tmp_path, capsys):
