@@ -404,6 +404,39 @@ def mod_watch(name, sfun=None, **kwargs):
     return ret
 
 
+def dead(name, **kwargs):
+    """
+    Envoy and its supervisor are stopped (every epoch drained by the restarter, then killed after
+    the stop timeout), and no envoy of this host is left behind. The ``clean`` side of ``running``.
+
+    .. code-block:: yaml
+
+        envoy-service-clean-dead:
+          envoy.dead: []
+    """
+    ret = _ret(name)
+    opts = _running_opts(kwargs)
+    try:
+        status = __salt__["envoy.status"](**opts)
+        left_over = __salt__["envoy.orphans"](**opts) if not status["running"] else []
+        if not status["running"] and not left_over:
+            ret["comment"] = "envoy is not running"
+            return ret
+        ret["changes"] = {"stopped": True, "restarter_pid": status["restarter_pid"]}
+        if left_over:
+            ret["changes"]["orphans_stopped"] = left_over
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = "envoy would be stopped"
+            return ret
+        out = __salt__["envoy.stop"](**opts)
+        ret["changes"]["orphans_stopped"] = out.get("orphans_stopped") or []
+        ret["comment"] = "envoy stopped"
+    except CommandExecutionError as exc:
+        ret.update(result=False, changes={}, comment=str(exc))
+    return ret
+
+
 # --- discovery (issue: service discovery) -------------------------------------------------------
 
 # Host settings (map.jinja's dict) plus the pillar envoy:discovery sections a state may override.

@@ -1,5 +1,6 @@
 """Fixtures shared by unit, integration and fleet tests."""
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -35,3 +36,13 @@ def require_root():
         pytest.skip("needs root: builds a throwaway host with unshare --mount --pid --net --uts")
     if shutil.which("unshare") is None:
         pytest.skip("needs util-linux unshare")
+
+
+def pytest_unconfigure(config):
+    """Salt's deferred console handler (installed when Salt is imported in-process) flushes its
+    queued records at interpreter exit into pytest's already closed capture stream, printing
+    'Logging error' tracebacks after the summary. Those records were for the console of a run that
+    is over: drop them."""
+    for handler in logging.root.handlers:
+        if type(handler).__name__ == "DeferredStreamHandler":
+            handler.addFilter(lambda record: False)

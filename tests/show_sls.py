@@ -1,6 +1,6 @@
 """
-`make lint` step (python -m tests.show_sls): ``state.show_sls envoy`` must render, through the real ``salt-call --local``, with
-every example pillar: the example tree pillar/ as the front host and as a service host, and the
+`make lint` step (python -m tests.show_sls): ``state.show_sls envoy`` and ``envoy.clean`` must
+render, through the real ``salt-call --local``, with every example pillar: the example tree pillar/ as the front host and as a service host, and the
 documented pillar.example. Prints the state ids per case; exits 1 naming the case that failed.
 """
 
@@ -14,8 +14,8 @@ import yaml
 from tests.helpers.sandbox import REPO, SandboxHost
 
 
-def show_sls(host):
-    code, out = host.salt_call("state.show_sls", "envoy", check=False)
+def show_sls(host, sls):
+    code, out = host.salt_call("state.show_sls", sls, check=False)
     if code != 0 or not isinstance(out, dict):
         raise RuntimeError(out if isinstance(out, str) else yaml.safe_dump(out))
     return sorted({state.get("__id__", sid) for sid, state in out.items()})
@@ -35,12 +35,13 @@ def main():
     with tempfile.TemporaryDirectory(prefix="show-sls-") as tmp:
         for name, host in cases(Path(tmp)):
             host.sync()
-            try:
-                ids = show_sls(host)
-                print(f"{name}: {len(ids)} states: {', '.join(ids)}")
-            except RuntimeError as exc:
-                failed.append(name)
-                print(f"{name}: state.show_sls envoy failed:\n{exc}", file=sys.stderr)
+            for sls in ("envoy", "envoy.clean"):
+                try:
+                    ids = show_sls(host, sls)
+                    print(f"{name}, {sls}: {len(ids)} states: {', '.join(ids)}")
+                except RuntimeError as exc:
+                    failed.append(f"{name} {sls}")
+                    print(f"{name}: state.show_sls {sls} failed:\n{exc}", file=sys.stderr)
     return 1 if failed else 0
 
 
