@@ -1,7 +1,8 @@
 """
 `make lint` step (python -m tests.show_sls): ``state.show_sls envoy`` and ``envoy.clean`` must
-render, through the real ``salt-call --local``, with every example pillar: the example tree pillar/ as the front host and as a service host, and the
-documented pillar.example. Prints the state ids per case; exits 1 naming the case that failed.
+render, through the real ``salt-call --local``, with every example pillar: the example tree pillar/
+as the front host and as a service host, and the documented pillar.example. Prints the state ids
+per case; exits 1 naming the case that failed.
 """
 
 import shutil
