@@ -39,7 +39,7 @@ class SaltCallError(RuntimeError):
 
 
 class SandboxHost:
-    def __init__(self, base, minion_id="sandbox", pillar=None, admin_port=None, base_id=0,
+    def __init__(self, base, minion_id="sandbox", pillar=None, admin_port=None, base_id=None,
                  extra_file_roots=(), pillar_tree=None):
         """``pillar_tree``: a pillar dir laid out like the repo's pillar/ (top.sls targeting
         ``hosts.<minion id>``); this host's sandbox settings then go to ``hosts/<id>.sls`` there
@@ -60,6 +60,9 @@ class SandboxHost:
             if not link.exists():
                 link.symlink_to(REPO / sub)
         self.admin_port = admin_port or free_port()
+        # Hot restart shared memory and sockets are keyed by base id: one per live Envoy on the
+        # machine. The admin port is unique among live hosts, so it makes a unique default.
+        base_id = self.admin_port if base_id is None else base_id
         self.base_id = base_id
         # Tests may serve their own small SLS trees next to the formula (e.g. a static config).
         self.extra_file_roots = [str(p) for p in extra_file_roots]
