@@ -1237,14 +1237,11 @@ def _op_current_bundle_id(host):
 
 
 def _op_file_sha256(path):
-    digest = hashlib.sha256()
+    """sha256 of a file, None when it cannot be read (no config yet)."""
     try:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 16), b""):
-                digest.update(chunk)
+        return _sha256_of(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 # -- public operations --
@@ -1475,10 +1472,73 @@ def _op_send_hup(host, timing, pid):
     return last
 
 
+def _op_listener_addresses(config):
+    """{(address, port): listener name} of a bootstrap's static listeners."""
+    found = {}
+    for listener in ((config or {}).get("static_resources") or {}).get("listeners") or []:
+        sock = (listener.get("address") or {}).get("socket_address") or {}
+        if "port_value" in sock:
+            found[(sock.get("address", "0.0.0.0"), int(sock["port_value"]))] = listener.get("name", "?")
+    return found
+
+
+def _op_running_listener_addresses(host):
+    status, body = _op_admin(host, "/listeners?format=json")
+    if status != 200:
+        raise CommandExecutionError(f"envoy admin /listeners answered HTTP {status}")
+    return {(s["local_address"]["socket_address"]["address"], int(s["local_address"]["socket_address"]["port_value"]))
+            for s in json.loads(body).get("listener_statuses", [])
+            if "port_value" in (s.get("local_address") or {}).get("socket_address", {})}
+
+
+def _op_bind_error(address, port):
+    """Why ``address:port`` cannot be bound right now (None when it can). Salt runs as root or as
+    the user Envoy runs as, so what fails here fails for Envoy too."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def _op_preflight_listeners(host):
+    """Before a hot restart: every listener the new config adds must be able to bind. A new epoch
+    that fails to bind leaves Envoy's shared memory flagged for good (no later hot restart of that
+    process succeeds, and the full restart that follows cannot drain), so such a config is refused
+    here with Envoy untouched. Listeners the running epoch has are handed over by Envoy itself."""
+    import yaml
+
+    try:
+        with open(host["config_file"], encoding="utf-8") as handle:
+            wanted = _op_listener_addresses(yaml.safe_load(handle))
+        running = _op_running_listener_addresses(host)
+    except (OSError, ValueError, KeyError, yaml.YAMLError, CommandExecutionError) as exc:
+        log.debug("listener pre-flight skipped: %s", exc)  # Envoy's own start will tell
+        return None
+    problems = []
+    for (addr, port), name in sorted(wanted.items()):
+        error = None if (addr, port) in running else _op_bind_error(addr, port)
+        if error:
+            problems.append(f"listener {name!r} cannot bind {addr}:{port}: {error}")
+    if problems:
+        return ("the new config was not started: " + "; ".join(problems)
+                + " (checked before the hot restart; the running epoch keeps serving)")
+    return None
+
+
 def _op_hot_restart_locked(host, timing):
     pid = _op_restarter_pid(host)
     if not pid:
         raise CommandExecutionError("the envoy restarter is not running (envoy.start first)")
+    refused = _op_preflight_listeners(host)
+    if refused:
+        return {"result": False, "kind": "hot", "outcome": "refused", "epoch": _op_read_status(host).get("live_epoch"),
+                "error": refused, "exit_code": None, "duration_s": 0.0}
     started = time.monotonic()
     last = _op_send_hup(host, timing, pid)
     ok = last.get("outcome") == "success"
@@ -1884,6 +1944,36 @@ def _disc_error_text(resp):
         return resp.text.strip()[:200]
 
 
+def _disc_for_each_service(kwargs, action, outcome, request, ok_statuses):
+    """Send ``request(session, url, entry, timeout)`` for every service this host serves, trying all
+    of them; raise naming each one that failed, else return ``{outcome: [...], "url": url}``."""
+    conf = discovery_settings(**kwargs)
+    url = _disc_url(conf)
+    plan, problems = _disc_plan(settings(**kwargs), conf)
+    timeout = float(conf["register"]["timeout"])
+    requests, session = _disc_session()
+    done = []
+    with session:
+        for entry in plan:
+            target = f"{entry['service']} {_disc_endpoint(entry)}"
+            try:
+                resp = request(session, url, entry, timeout)
+            except requests.RequestException as exc:
+                problems.append(f"{target}: discovery service unreachable at {url} ({exc.__class__.__name__})")
+                continue
+            if resp.status_code not in ok_statuses:
+                problems.append(f"{target}: refused with HTTP {resp.status_code}: {_disc_error_text(resp)}")
+                continue
+            done.append(target)
+    if problems:
+        raise CommandExecutionError(f"envoy.{action}: " + "; ".join(problems), info={outcome: done, "problems": problems})
+    return {outcome: done, "url": url}
+
+
+def _disc_endpoint(entry):
+    return f"[{entry['ip']}]:{entry['port']}" if ":" in entry["ip"] else f"{entry['ip']}:{entry['port']}"
+
+
 def register(**kwargs):
     """
     Register (or heartbeat) every service this host serves with the discovery service:
@@ -1897,30 +1987,12 @@ def register(**kwargs):
 
         salt-call envoy.register
     """
-    conf = discovery_settings(**kwargs)
-    url = _disc_url(conf)
-    plan, problems = _disc_plan(settings(**kwargs), conf)
-    timeout = float(conf["register"]["timeout"])
-    requests, session = _disc_session()
-    done = []
-    with session:
-        for entry in plan:
-            form = {"ip": entry["ip"], "port": str(entry["port"]), "revision": entry["revision"],
-                    "service_repo_name": entry["service"], "tags": json.dumps(entry["tags"], sort_keys=True)}
-            target = f"{entry['service']} {entry['ip']}:{entry['port']}"
-            try:
-                resp = session.post(f"{url}/v1/registration/{entry['service']}", data=form, timeout=timeout)
-            except requests.RequestException as exc:
-                problems.append(f"{target}: discovery service unreachable at {url} ({exc.__class__.__name__})")
-                continue
-            if resp.status_code != 200:
-                problems.append(f"{target}: refused with HTTP {resp.status_code}: {_disc_error_text(resp)}")
-                continue
-            done.append(target)
-    if problems:
-        raise CommandExecutionError("envoy.register: " + "; ".join(problems),
-                                    info={"registered": done, "problems": problems})
-    return {"registered": done, "url": url}
+    def post(session, url, entry, timeout):
+        form = {"ip": entry["ip"], "port": str(entry["port"]), "revision": entry["revision"],
+                "service_repo_name": entry["service"], "tags": json.dumps(entry["tags"], sort_keys=True)}
+        return session.post(f"{url}/v1/registration/{entry['service']}", data=form, timeout=timeout)
+
+    return _disc_for_each_service(kwargs, "register", "registered", post, ok_statuses=(200,))
 
 
 def deregister(**kwargs):
@@ -1934,29 +2006,10 @@ def deregister(**kwargs):
 
         salt-call envoy.deregister
     """
-    conf = discovery_settings(**kwargs)
-    url = _disc_url(conf)
-    plan, problems = _disc_plan(settings(**kwargs), conf)
-    timeout = float(conf["register"]["timeout"])
-    requests, session = _disc_session()
-    done = []
-    with session:
-        for entry in plan:
-            endpoint = f"[{entry['ip']}]:{entry['port']}" if ":" in entry["ip"] else f"{entry['ip']}:{entry['port']}"
-            target = f"{entry['service']} {endpoint}"
-            try:
-                resp = session.delete(f"{url}/v1/registration/{entry['service']}/{endpoint}", timeout=timeout)
-            except requests.RequestException as exc:
-                problems.append(f"{target}: discovery service unreachable at {url} ({exc.__class__.__name__})")
-                continue
-            if resp.status_code not in (200, 404):
-                problems.append(f"{target}: refused with HTTP {resp.status_code}: {_disc_error_text(resp)}")
-                continue
-            done.append(target)
-    if problems:
-        raise CommandExecutionError("envoy.deregister: " + "; ".join(problems),
-                                    info={"deregistered": done, "problems": problems})
-    return {"deregistered": done, "url": url}
+    def delete(session, url, entry, timeout):
+        return session.delete(f"{url}/v1/registration/{entry['service']}/{_disc_endpoint(entry)}", timeout=timeout)
+
+    return _disc_for_each_service(kwargs, "deregister", "deregistered", delete, ok_statuses=(200, 404))
 
 
 # The discovery service as a daemon on the hosts pillar ``envoy:discovery:server:hosts`` names.

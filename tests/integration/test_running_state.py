@@ -156,42 +156,108 @@ def test_config_change_hot_restarts(host):
     assert host.serves()
 
 
-def test_new_epoch_that_cannot_start_leaves_old_serving_and_rolls_back(host):
-    host.apply()  # envoy runs, whatever ran before
-    before = host.status()
-    good_config = host.config_file.read_text()
+def hold_a_port():
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     holder.bind(("127.0.0.1", 0))
     holder.listen()
-    held_port = holder.getsockname()[1]
+    return holder, holder.getsockname()[1]
+
+
+def test_new_listener_that_cannot_bind_is_refused_before_any_restart(host):
+    host.apply()  # envoy runs, whatever ran before
+    before = host.status()
+    good_config = host.config_file.read_text()
+    holder, held_port = hold_a_port()
     try:
         # Validates (envoy --mode validate binds nothing), but the new listener's port is taken.
         host.set_config("v3", extra_ports=[held_port])
         running = running_result(host.apply())
         assert running["result"] is False
-        assert "cannot bind" in running["comment"] and "previous config was put back" in running["comment"]
+        assert f"cannot bind 127.0.0.1:{held_port}: Address already in use" in running["comment"], running
+        assert "previous config was put back" in running["comment"]
+        assert running["changes"]["rolled_back"] is True
+        status = host.status()
+        # Envoy was never asked: same epoch and process, no restart attempted, nothing blocked.
+        assert status["restart_seq"] == before["restart_seq"] and status["live_pid"] == before["live_pid"]
+        assert not status["hot_restart_blocked"]
+        assert host.serves()
+        assert host.config_file.read_text() == good_config
+    finally:
+        holder.close()
+    # Once the port is free, the same config hot restarts as usual, with the new listener up.
+    running = running_result(host.apply())
+    assert running["result"] is True and running["changes"]["restart"] == "hot", running
+    assert host.status()["live_epoch"] == before["live_epoch"] + 1
+    assert host.serves()
+    assert http_get(f"http://127.0.0.1:{held_port}/ping", timeout=3)[0] == 200
+
+
+def crashing_build(path, envoy_bin):
+    """An envoy build that answers --version, --hot-restart-version and --mode validate like the
+    real one, but dies when it starts for real: a bad new bundle that validation cannot catch."""
+    path = Path(path)
+    path.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" --restart-epoch "*)\n'
+        '  echo "[critical] this envoy build crashes at start (test)" >&2; exit 1;;\n'
+        "esac\n"
+        f'exec "{envoy_bin}" "$@"\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+def test_new_epoch_that_cannot_start_leaves_old_serving_and_rolls_back(host, tmp_path):
+    host.apply()  # envoy runs, whatever ran before
+    before = host.status()
+    good_config = host.config_file.read_text()
+    make_release(host.install_dir, "r-crash", str(crashing_build(tmp_path / "envoy", host.envoy_bin)))
+    switch_current(host.install_dir, "r-crash")
+    try:
+        host.set_config("v4")
+        running = running_result(host.apply())
+        assert running["result"] is False, running
+        assert running["changes"]["restart"] == "hot" and running["changes"]["outcome"] == "failed"
+        assert "crashes at start" in running["comment"] and "previous config was put back" in running["comment"]
         assert running["changes"]["rolled_back"] is True
         status = host.status()
         assert status["last_restart"]["outcome"] == "failed"
-        assert status["last_restart"]["exit_code"] not in (0, None)
-        assert "cannot bind" in status["last_restart"]["error"]
+        assert status["last_restart"]["exit_code"] == 1
+        assert "crashes at start" in status["last_restart"]["error"]
         assert status["live_pid"] == before["live_pid"] and pid_alive(before["live_pid"])
         assert host.serves()
         assert host.config_file.read_text() == good_config
-        assert status["hot_restart_blocked"]
+    finally:
+        switch_current(host.install_dir, "r1")
+
+
+def test_a_blocked_hot_restart_takes_a_full_restart(host):
+    """A HUP sent around Salt (as `systemctl reload` does) with a listener that cannot bind: the new
+    epoch fails inside Envoy's hot restart, which then refuses any further hot restart of that
+    process. The next change takes the full restart."""
+    host.apply()  # envoy runs, whatever ran before
+    before = host.status()
+    holder, held_port = hold_a_port()
+    try:
+        write_config(host.config_file, host.config("v5", extra_ports=[held_port]))
+        os.kill(before["restarter_pid"], signal.SIGHUP)
+        wait_for(lambda: (host.status().get("last_restart") or {}).get("hup", 0) > (before.get("hups") or 0),
+                 timeout=30, what="the restarter's verdict on the HUP")
+        status = host.status()
+        assert status["last_restart"]["outcome"] == "failed" and "cannot bind" in status["last_restart"]["error"]
+        assert status["hot_restart_blocked"] and status["live_pid"] == before["live_pid"]
+        assert host.serves()
     finally:
         holder.close()
-    # Envoy refuses any further hot restart of that epoch: the next change takes the full restart.
-    out = host.apply(test=True)
-    assert running_result(out)["changes"] == {"restart": "full"}
+    host.set_config("v6")
+    assert running_result(host.apply(test=True))["changes"] == {"restart": "full"}
     running = running_result(host.apply())
     assert running["result"] is True, running
     assert running["changes"]["restart"] == "full"
     status = host.status()
     assert status["live_epoch"] == 0 and not status["hot_restart_blocked"]
     assert host.serves()
-    assert http_get(f"http://127.0.0.1:{held_port}/ping", timeout=3)[0] == 200  # the new listener is up
 
 
 def test_other_hot_restart_version_takes_a_drained_full_restart(host, tmp_path):
