@@ -69,7 +69,9 @@ def test_the_unit_runs_the_restarter_and_reload_validates_then_hups(shown, tmp_p
         "ExecReload=/bin/kill -HUP $MAINPID",
     ]
     for expected in ("KillMode=mixed", "KillSignal=SIGTERM", "TimeoutStopSec=35", "Restart=on-failure",
-                     f"User={envoy['user']}", f"Group={envoy['group']}", "WantedBy=multi-user.target"):
+                     f"User={envoy['user']}", f"Group={envoy['group']}", "WantedBy=multi-user.target",
+                     "AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+                     "NoNewPrivileges=true"):
         assert expected in lines
     assert not any(line.startswith("RuntimeDirectory=") for line in lines)  # a sandbox run dir
 
