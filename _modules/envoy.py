@@ -1379,6 +1379,45 @@ def start(wait=True, **kwargs):
         return _op_start_locked(host, timing, kwargs, wait=wait)
 
 
+OP_SHM_DIR = "/dev/shm"
+
+
+def _op_check_shared_memory(host):
+    """Epoch 0 removes its base id's hot restart memory left by an earlier Envoy, but it cannot
+    remove one that another user's Envoy left (/dev/shm is sticky): Envoy would abort at every start.
+    Say so before starting, with the way out."""
+    path = os.path.join(OP_SHM_DIR, f"envoy_shared_memory_{int(host['base_id']) * 10}")
+    try:
+        owner = os.stat(path).st_uid
+    except FileNotFoundError:
+        return
+    envoy_uid = _op_envoy_uid(host)
+    if envoy_uid in (0, owner):  # root, or the owner, may unlink it in the sticky /dev/shm
+        return
+    import pwd
+
+    try:
+        owner_name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        owner_name = str(owner)
+    raise CommandExecutionError(
+        f"{path} belongs to {owner_name}: an Envoy run as {owner_name} with base_id {host['base_id']} left it, "
+        f"and Envoy as {host['user'] or 'this user'} cannot replace it. If no such Envoy runs any more, remove "
+        f"that file; if one does, give this Envoy another envoy:lookup:base_id")
+
+
+def _op_envoy_uid(host):
+    """The uid Envoy runs as: the envoy user when the daemon drops to it (we are root), else ours."""
+    if os.geteuid() == 0 and host["user"] not in ("root", ""):
+        import pwd
+
+        try:
+            return pwd.getpwnam(host["user"]).pw_uid
+        except KeyError:
+            return 0
+    return os.geteuid()
+
+
 def _op_start_locked(host, timing, kwargs, wait=True):
     kind = supervisor(**kwargs)
     pid = _op_restarter_pid(host)
@@ -1399,6 +1438,7 @@ def _op_start_locked(host, timing, kwargs, wait=True):
         _op_terminate(orphans, timing["stop_timeout_s"])
     for path in (host["run_dir"], host["log_dir"]):
         os.makedirs(path, exist_ok=True)
+    _op_check_shared_memory(host)
     if kind == "systemd":
         result = __salt__["cmd.run_all"](["systemctl", "start", SYSTEMD_UNIT], python_shell=False)
         if result["retcode"] != 0:

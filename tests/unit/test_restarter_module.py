@@ -78,3 +78,31 @@ def test_restarter_command_runs_the_current_bundles_launcher():
                      "--admin-port 9902", "--run-dir /run/envoy", "--drain-time-s 60",
                      "--parent-shutdown-time-s 90", "--envoy-arg=--concurrency=2", "--envoy-arg=--log-level"):
         assert expected in joined
+
+
+@pytest.mark.parametrize(("owner", "user", "refused"), [
+    ("root", "root", False),      # root may replace anything
+    ("nobody", "root", False),
+    ("nobody", "nobody", False),  # the owner may replace its own
+    ("root", "nobody", True),     # the field-notes trap: a root Envoy's memory blocks an unprivileged one
+])
+def test_hot_restart_memory_left_by_another_user_is_refused_before_start(tmp_path, owner, user, refused):
+    import os
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates files owned by other users")
+    module = module_with()
+    module.OP_SHM_DIR = str(tmp_path)
+    segment = tmp_path / "envoy_shared_memory_420"
+    segment.write_bytes(b"\0" * 104)
+    os.chown(segment, pwd.getpwnam(owner).pw_uid, -1)
+    host = {"base_id": 42, "user": user}
+    if refused:
+        with pytest.raises(CommandExecutionError) as err:
+            module._op_check_shared_memory(host)
+        assert f"{segment} belongs to {owner}" in str(err.value)
+        assert "base_id 42" in str(err.value) and "envoy:lookup:base_id" in str(err.value)
+    else:
+        module._op_check_shared_memory(host)
+    module._op_check_shared_memory({"base_id": 43, "user": user})  # no segment: nothing to say
