@@ -9,6 +9,8 @@ a sandbox host with its own root, ports and base id, using the example pillar tr
 - Another highstate then changes nothing and restarts nothing.
 """
 
+import getpass
+import grp
 import json
 import os
 import shutil
@@ -52,7 +54,7 @@ class Fleet:
             host["root"] = self.base / name / "root"
             host["admin_port"] = free_port()
             self.write_pillar(f"hosts/{name}.sls", {"envoy": {
-                "lookup": {"root": str(host["root"]), "user": _user(), "group": _group(),
+                "lookup": {"root": str(host["root"]), "user": getpass.getuser(), "group": grp.getgrgid(os.getgid()).gr_name,
                            "admin_port": host["admin_port"], "base_id": host["base_id"], "supervisor": "daemon"},
                 "schedule": {"method": "minion", "seconds": SCHEDULE_SECONDS, "splay": SCHEDULE_SPLAY},
                 "services": catalogue,
@@ -88,16 +90,6 @@ class Fleet:
 
     def url(self, what):
         return f"http://127.0.0.1:{self.ports[what]}"
-
-
-def _user():
-    import getpass
-    return getpass.getuser()
-
-
-def _group():
-    import grp
-    return grp.getgrgid(os.getgid()).gr_name
 
 
 @pytest.fixture(scope="module")
