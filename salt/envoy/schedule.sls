@@ -23,6 +23,15 @@ envoy-schedule-highstate-present:
     - maxrunning: 1
     - run_on_start: false
     - persist: true
+    {#- salt-call has no running minion to take the job: write it for the minion's next start. #}
+    - offline: {{ (opts.get('__cli') == 'salt-call') | tojson }}
+
+{%- elif sched.method == 'cron' and not (sched.minutes | int) in range(1, 60) %}
+
+envoy-schedule-cron-file-managed:
+  test.fail_without_changes:
+    - name: envoy-highstate-cron
+    - comment: 'pillar envoy:schedule:minutes={{ sched.minutes }} cannot be a cron step: use 1 to 59'
 
 {%- elif sched.method == 'cron' %}
 
