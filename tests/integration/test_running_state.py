@@ -242,8 +242,12 @@ def test_a_blocked_hot_restart_takes_a_full_restart(host):
     try:
         write_config(host.config_file, host.config("v5", extra_ports=[held_port]))
         os.kill(before["restarter_pid"], signal.SIGHUP)
-        wait_for(lambda: (host.status().get("last_restart") or {}).get("hup", 0) > (before.get("hups") or 0),
-                 timeout=30, what="the restarter's verdict on the HUP")
+
+        def verdict():
+            last = host.status().get("last_restart") or {}
+            return last.get("hup", 0) > (before.get("hups") or 0) and last.get("outcome") in ("success", "failed")
+
+        wait_for(verdict, timeout=30, what="the restarter's verdict on the HUP")
         status = host.status()
         assert status["last_restart"]["outcome"] == "failed" and "cannot bind" in status["last_restart"]["error"]
         assert status["hot_restart_blocked"] and status["live_pid"] == before["live_pid"]
