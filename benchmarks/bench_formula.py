@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import yaml
-from envoy_bundle.builder import build
+from envoy_bundle.builder import build, write_pillar
 
 from tests.helpers.load import LoadRunner
 from tests.helpers.net import free_port, http_get, wait_for
@@ -39,8 +39,7 @@ class ServiceHost:
         pillar = self.base / "pillar"
         shutil.copytree(REPO / "pillar", pillar)
         tarball, sha_file = build(out_dir=self.base / "out")
-        (pillar / "envoy" / "bundle.sls").write_text(yaml.safe_dump({"envoy": {"bundle": {
-            "source": Path(tarball).as_uri(), "sha256": Path(sha_file).read_text().split()[0]}}}))
+        write_pillar(pillar / "envoy" / "bundle.sls", tarball, sha_file)
         self.ports = {name: free_port() for name in ("egress", "foo", "bar", "foo_app", "bar_app")}
         catalogue = {n: {"hosts": [f"127.0.0.1:{self.ports[n]}"]} for n in ("foo", "bar")}
         trivial = self.base / "trivial"

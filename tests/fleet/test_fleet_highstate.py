@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from envoy_bundle.builder import write_pillar
 
 from tests.helpers.net import free_port, http_get, wait_for
 from tests.helpers.sandbox import REPO
@@ -43,8 +44,8 @@ class Fleet:
             (self.ext / sub).symlink_to(REPO / sub)
         # The fleet's own state top, as in any Salt tree that uses the formula.
         (self.ext / "top.sls").write_text(yaml.safe_dump({"base": {"*": ["envoy"]}}))
-        tarball, sha256 = bundle
-        self.write_pillar("envoy/bundle.sls", {"envoy": {"bundle": {"source": tarball.as_uri(), "sha256": sha256}}})
+        tarball, _ = bundle
+        write_pillar(self.pillar / "envoy" / "bundle.sls", tarball, f"{tarball}.sha256")
         self.ports = {name: free_port() for name in (
             "front_http", "egress", "foo_ingress", "bar_ingress", "foo_app", "bar_app")}
         self.hosts = {"front1": {"base_id": 31}, "svc1": {"base_id": 32}}

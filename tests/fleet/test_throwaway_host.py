@@ -15,6 +15,7 @@ import sys
 import textwrap
 
 import yaml
+from envoy_bundle.builder import write_pillar
 
 from tests.conftest import require_root
 from tests.helpers.sandbox import REPO
@@ -25,11 +26,10 @@ VENV_BIN = f"{sys.prefix}/bin"
 
 def write_salt_tree(base, bundle):
     """A masterless minion config and the example pillar with this run's bundle, under ``base``."""
-    tarball, sha256 = bundle
+    tarball, _ = bundle
     pillar = base / "pillar"
     shutil.copytree(REPO / "pillar", pillar)
-    (pillar / "envoy" / "bundle.sls").write_text(yaml.safe_dump(
-        {"envoy": {"bundle": {"source": tarball.as_uri(), "sha256": sha256}}}))
+    write_pillar(pillar / "envoy" / "bundle.sls", tarball, f"{tarball}.sha256")
     (pillar / "hosts").mkdir()
     (pillar / "hosts" / "svc1.sls").write_text(yaml.safe_dump(
         {"envoy": {"schedule": {"method": "cron", "salt_call": f"{VENV_BIN}/salt-call"}}}))
