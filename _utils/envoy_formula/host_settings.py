@@ -1,0 +1,217 @@
+"""
+Host settings: the one source of truth for everything the formula reads from pillar. ``map.jinja``
+gets its dict from ``envoy.settings``, and every execution and state function resolves the same
+dict, so an SLS file never repeats a key list and the two sides cannot disagree.
+
+Later sources win: the defaults below, pillar (``envoy:lookup`` for the host itself; ``envoy:roles``,
+``envoy:restart``, ``envoy:schedule``, ``envoy:discovery``, ``envoy:bundle`` for the rest), then
+keyword overrides of ``lookup`` keys. ``root`` prefixes every path once, so a whole host can live
+in a sandbox directory without privileges (the demo and the tests); it is empty on real hosts.
+"""
+
+import copy
+import os
+
+from .errors import EnvoyFormulaError
+
+LOOKUP_DEFAULTS = {
+    "root": "",
+    "install_dir": "/opt/envoy",            # releases/<bundle id>/ and the `current` symlink
+    "config_dir": "/etc/envoy",             # envoy.yaml (+ envoy.yaml.prev for rollback)
+    "manifest_dir": "/etc/envoy/manifest.d",  # one manifest per service, dropped by its deploy
+    "log_dir": "/var/log/envoy",
+    "run_dir": "/run/envoy",                # the restarter's pid, lock and status files
+    "user": "envoy",                        # Envoy runs as this user (the restarter drops to it)
+    "group": "envoy",
+    "base_id": 0,                           # one per Envoy on a host (hot restart shared memory)
+    "admin_port": 9901,                     # the admin API, always on 127.0.0.1
+    "supervisor": "auto",                   # systemd | daemon | auto (systemd when the host has it)
+    "keep_releases": 3,
+    "manage_user": True,                    # create user/group (only as root, user != root)
+}
+PATH_KEYS = ("install_dir", "config_dir", "manifest_dir", "log_dir", "run_dir")
+INT_KEYS = ("base_id", "admin_port", "keep_releases")
+
+SCHEDULE_DEFAULTS = {
+    "method": "none",   # minion (Salt's scheduler) | cron | systemd | none
+    "minutes": 15,
+    "seconds": 0,       # minion method only: sub-minute intervals (tests)
+    "splay": 300,       # random delay, seconds, so a fleet does not converge at once
+    "salt_call": "/usr/bin/salt-call",
+}
+SCHEDULE_METHODS = ("minion", "cron", "systemd", "none")
+
+# Per role: service-to-service connections are short; the edge keeps long-lived clients longer.
+RESTART_ROLE_DEFAULTS = {
+    "sidecar": {"drain_time_s": 60, "parent_shutdown_time_s": 90},
+    "front": {"drain_time_s": 300, "parent_shutdown_time_s": 450},
+}
+RESTART_DEFAULTS = {
+    "live_timeout_s": 60,          # a new epoch not LIVE by then is a failed restart
+    "stop_timeout_s": 30,          # SIGTERM, then SIGKILL
+    "full_restart_drain_s": None,  # health check failing before a full restart; None: drain_time_s
+    "concurrency": None,           # Envoy's worker threads; None: one per core
+    "envoy_args": [],
+}
+RESTART_KEYS = ("drain_time_s", "parent_shutdown_time_s", *RESTART_DEFAULTS)
+
+DISCOVERY_DEFAULTS = {
+    "url": None,        # registration base URL; default http://<address>
+    "address": None,    # host:port where Envoy and hosts reach the discovery service
+    "register": {"enabled": True, "ip": None, "tags": {}, "revision": None, "timeout": 5,
+                 "minutes": 1, "seconds": None, "splay": 20, "schedule_offline": None},
+    "server": {"hosts": None, "listen": "0.0.0.0:8080", "ttl": 600, "redis": None,
+               "sqlite": "/var/lib/envoy-discovery/hosts.sqlite3", "command": "envoy-discovery",
+               "env": "production"},
+}
+
+SYSTEMD_UNIT_DIR = "/etc/systemd/system"
+
+
+def _section(pillar, name, kind=dict):
+    value = pillar.get(name)
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise EnvoyFormulaError(f"pillar envoy:{name} must be a {'mapping' if kind is dict else 'list'}, "
+                                f"not {type(value).__name__}")
+    return value
+
+
+def _merge(base, extra):
+    out = copy.deepcopy(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def _rooted(root, path):
+    root = (root or "").rstrip("/")
+    if not root or not path:
+        return path
+    return path if path == root or path.startswith(root + "/") else root + path
+
+
+def _lookup(pillar, lookup, overrides):
+    if lookup is None:
+        lookup = _section(pillar, "lookup")
+    unknown = sorted(set(overrides) - set(LOOKUP_DEFAULTS))
+    if unknown:
+        raise EnvoyFormulaError(f"unknown host setting(s) {', '.join(unknown)}; known: {', '.join(LOOKUP_DEFAULTS)}")
+    merged = {**LOOKUP_DEFAULTS}
+    for source in (lookup, overrides):
+        merged.update({k: v for k, v in source.items() if k in LOOKUP_DEFAULTS and v is not None})
+    for key in INT_KEYS:
+        try:
+            merged[key] = int(merged[key])
+        except (TypeError, ValueError):
+            raise EnvoyFormulaError(f"pillar envoy:lookup:{key}={merged[key]!r}: expected a whole number") from None
+    if not 0 < merged["admin_port"] < 65536:
+        raise EnvoyFormulaError(f"pillar envoy:lookup:admin_port={merged['admin_port']}: expected a port (1-65535)")
+    for key in PATH_KEYS:
+        if not str(merged[key]).startswith("/"):
+            raise EnvoyFormulaError(f"pillar envoy:lookup:{key}={merged[key]!r}: expected an absolute path")
+        merged[key] = _rooted(merged["root"], str(merged[key]))
+    if merged["supervisor"] not in ("auto", "systemd", "daemon"):
+        raise EnvoyFormulaError(f"pillar envoy:lookup:supervisor={merged['supervisor']!r}: "
+                                "expected systemd, daemon or auto")
+    return merged
+
+
+def restart_timings(pillar, overrides=None):
+    """Hot restart timings: the longest of this host's roles' defaults, then pillar
+    ``envoy:restart:roles:<role>``, then the flat keys of ``envoy:restart``, then ``overrides``."""
+    restart = _section(pillar, "restart")
+    roles = pillar.get("roles") or ["sidecar"]
+    tables = copy.deepcopy(RESTART_ROLE_DEFAULTS)
+    for role, values in (restart.get("roles") or {}).items():
+        tables[role] = {**tables.get(role, {}), **(values or {})}
+    merged = dict(RESTART_DEFAULTS, drain_time_s=0, parent_shutdown_time_s=0)
+    for role in roles:
+        for key, value in tables.get(role, tables["sidecar"]).items():
+            merged[key] = max(merged.get(key) or 0, value)
+    for source in (restart, overrides or {}):
+        merged.update({k: v for k, v in source.items() if k in RESTART_KEYS and v is not None})
+    for key in ("drain_time_s", "parent_shutdown_time_s", "live_timeout_s", "stop_timeout_s"):
+        if isinstance(merged[key], bool) or not isinstance(merged[key], (int, float)) or merged[key] <= 0:
+            raise EnvoyFormulaError(f"pillar envoy:restart:{key}={merged[key]!r}: expected a positive number")
+    if merged["drain_time_s"] >= merged["parent_shutdown_time_s"]:
+        raise EnvoyFormulaError(f"pillar envoy:restart: drain_time_s={merged['drain_time_s']} must be below "
+                                f"parent_shutdown_time_s={merged['parent_shutdown_time_s']}")
+    if merged["full_restart_drain_s"] is None:
+        merged["full_restart_drain_s"] = merged["drain_time_s"]
+    if not isinstance(merged["envoy_args"], list):
+        raise EnvoyFormulaError("pillar envoy:restart:envoy_args must be a list of Envoy options")
+    return merged
+
+
+def _schedule(pillar):
+    merged = _merge(SCHEDULE_DEFAULTS, _section(pillar, "schedule"))
+    if merged["method"] not in SCHEDULE_METHODS:
+        raise EnvoyFormulaError(f"pillar envoy:schedule:method={merged['method']!r}: expected "
+                                + ", ".join(SCHEDULE_METHODS))
+    for key in ("minutes", "seconds", "splay"):
+        if isinstance(merged[key], bool) or not isinstance(merged[key], int) or merged[key] < 0:
+            raise EnvoyFormulaError(f"pillar envoy:schedule:{key}={merged[key]!r}: expected a whole number >= 0")
+    return merged
+
+
+def _discovery(pillar, root, schedule_method):
+    merged = _merge(DISCOVERY_DEFAULTS, _section(pillar, "discovery"))
+    if not merged["url"] and merged["address"]:
+        merged["url"] = f"http://{merged['address']}"
+    register, server = merged["register"], merged["server"]
+    if register["schedule_offline"] is None:
+        # Only a running salt-minion applies a schedule change at once; elsewhere (masterless
+        # salt-call) the job is written to the minion's schedule file for its next start.
+        register["schedule_offline"] = schedule_method != "minion"
+    server["sqlite"] = _rooted(root, server["sqlite"])
+    return merged
+
+
+def _bundle(pillar, keep_releases):
+    bundle = _section(pillar, "bundle")
+    return {"source": bundle.get("source"), "sha256": bundle.get("sha256"),
+            "keep": bundle.get("keep", keep_releases)}
+
+
+def supervisor_kind(configured, root, grains, euid):
+    """``systemd`` or ``daemon``: ``auto`` means systemd when the init grain says systemd, the host is
+    not a sandbox (no ``root``), we are root and the unit directory is writable."""
+    if configured in ("systemd", "daemon"):
+        return configured
+    if grains.get("init") == "systemd" and not root and euid == 0 and os.access(SYSTEMD_UNIT_DIR, os.W_OK):
+        return "systemd"
+    return "daemon"
+
+
+def resolve(pillar, lookup=None, grains=None, euid=None, overrides=None):
+    """Every setting of this host. ``pillar``: the pillar ``envoy`` dict; ``lookup``: ``envoy:lookup``
+    as Salt's config.get sees it (minion config may set it too), default pillar's own;
+    ``overrides``: ``lookup`` keys, plus ``discovery`` (merged over pillar's: a scheduled job that
+    must not depend on pillar carries it)."""
+    pillar = pillar if isinstance(pillar, dict) else {}
+    overrides = dict(overrides or {})
+    if overrides.get("discovery") is not None:
+        pillar = {**pillar, "discovery": _merge(_section(pillar, "discovery"), overrides["discovery"])}
+    overrides.pop("discovery", None)
+    host = _lookup(pillar, lookup, overrides)
+    # The lookup as resolved: `envoy.<function> **lookup` reproduces this host without pillar.
+    host["lookup"] = {key: host[key] for key in LOOKUP_DEFAULTS}
+    root = host["root"]
+    host["supervisor_configured"] = host["supervisor"]
+    host["supervisor"] = supervisor_kind(host["supervisor"], root, grains or {},
+                                         os.geteuid() if euid is None else euid)
+    host["config_file"] = os.path.join(host["config_dir"], "envoy.yaml")
+    host["current_dir"] = os.path.join(host["install_dir"], "current")
+    host["systemd_dir"] = _rooted(root, SYSTEMD_UNIT_DIR)
+    host["cron_dir"] = _rooted(root, "/etc/cron.d")
+    host["roles"] = list(pillar.get("roles") or ["sidecar"])
+    host["schedule"] = _schedule(pillar)
+    host["restart"] = restart_timings(pillar)
+    host["discovery"] = _discovery(pillar, root, host["schedule"]["method"])
+    host["bundle"] = _bundle(pillar, host["keep_releases"])
+    return host
