@@ -18,7 +18,7 @@ test: venv
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check _modules _states bundle discovery tests benchmarks demo
+	$(BIN)/ruff check _modules _states _utils bundle discovery tests benchmarks demo
 	$(BIN)/yamllint -s .
 	$(BIN)/salt-lint $$(find salt pillar -name '*.sls')
 	$(BIN)/python -m tests.show_sls

