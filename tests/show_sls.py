@@ -1,6 +1,7 @@
 """
-`make lint` step (python -m tests.show_sls): ``state.show_sls envoy`` and ``envoy.clean`` must
-render, through the real ``salt-call --local``, with every example pillar: the example tree pillar/
+`make lint` step (python -m tests.show_sls): ``state.show_sls`` of ``envoy``, every component's
+clean SLS, ``envoy.clean`` and ``envoy._mapdata`` must render, through the real ``salt-call --local``,
+with every example pillar: the example tree pillar/
 as the front host and as a service host, and the documented pillar.example. Prints the state ids
 per case; exits 1 naming the case that failed.
 """
@@ -13,6 +14,9 @@ from pathlib import Path
 import yaml
 
 from tests.helpers.sandbox import REPO, SandboxHost
+
+SLS = ("envoy", "envoy._mapdata", "envoy.clean",
+       *(f"envoy.{component}.clean" for component in ("schedule", "discovery", "service", "config", "bundle")))
 
 
 def show_sls(host, sls):
@@ -36,7 +40,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="show-sls-") as tmp:
         for name, host in cases(Path(tmp)):
             host.sync()
-            for sls in ("envoy", "envoy.clean"):
+            for sls in SLS:
                 try:
                     ids = show_sls(host, sls)
                     print(f"{name}, {sls}: {len(ids)} states: {', '.join(ids)}")

@@ -40,7 +40,7 @@ class Fleet:
         shutil.copytree(REPO / "pillar", self.pillar)
         self.ext = self.base / "ext"
         self.ext.mkdir()
-        for sub in ("_modules", "_states"):
+        for sub in ("_modules", "_states", "_utils"):
             (self.ext / sub).symlink_to(REPO / sub)
         # The fleet's own state top, as in any Salt tree that uses the formula.
         (self.ext / "top.sls").write_text(yaml.safe_dump({"base": {"*": ["envoy"]}}))

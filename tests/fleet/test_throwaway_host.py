@@ -35,9 +35,9 @@ def write_salt_tree(base, bundle):
         {"envoy": {"schedule": {"method": "cron", "salt_call": f"{VENV_BIN}/salt-call"}}}))
     ext = base / "ext"
     ext.mkdir()
-    for sub in ("_modules", "_states"):
+    for sub in ("_modules", "_states", "_utils"):
         (ext / sub).symlink_to(REPO / sub)
-    (ext / "top.sls").write_text(yaml.safe_dump({"base": {"*": ["envoy"]}}))
+    (ext / "top.sls").write_text(yaml.safe_dump({"base": {"*": ["envoy", "envoy._mapdata"]}}))
     conf = base / "salt"
     conf.mkdir()
     (conf / "minion").write_text(yaml.safe_dump({
@@ -82,4 +82,4 @@ def test_highstate_on_production_paths_then_verify(tmp_path, built_bundle):
     assert [s["__id__"] for s in second.values() if s["changes"]] == []
     assert "bar GET /x" in proc.stdout
     verify = proc.stdout.split("== verify", 1)[1]
-    assert re.search(r"\b9 passed\b", verify) and "failed" not in verify, output
+    assert re.search(r"\b10 passed\b", verify) and "failed" not in verify, output

@@ -8,7 +8,6 @@ The one real-binary bundle is the session fixture ``built_bundle``.
 
 import hashlib
 import io
-import logging
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -175,23 +174,3 @@ class BundleServer:
         self.thread.join(timeout=10)
 
 
-def load_envoy_module(lookup=None, cp_cache_file=None, cachedir="/nonexistent"):
-    """``_modules/envoy.py`` as a plain Python module, with the few Salt dunders the bundle
-    functions use (``config.get`` for envoy:lookup, ``cp.cache_file`` for salt:// sources)."""
-    import importlib.util
-
-    repo = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("envoy_salt_module_under_test", repo / "_modules" / "envoy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
-    def config_get(key, default=None):
-        return (lookup or {}) if key == "envoy:lookup" else default
-
-    # Salt's deferred log handler (set up by pytest-salt-factories) would flush these records to
-    # pytest's closed stderr at exit: keep the module's own warnings out of the root logger.
-    module.log = logging.getLogger("envoy_module_under_test")
-    module.log.propagate = False
-    module.__salt__ = {"config.get": config_get, "cp.cache_file": cp_cache_file or (lambda *a, **k: False)}
-    module.__opts__ = {"cachedir": str(cachedir), "test": False}
-    return module

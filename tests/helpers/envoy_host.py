@@ -32,9 +32,11 @@ def make_release(install_dir, release_id, envoy_binary):
     launcher = release / "bin" / "envoy-restarter"
     launcher.write_text((REPO / "bundle" / "bin" / "envoy-restarter").read_text())
     launcher.chmod(0o755)
-    lib = release / "lib" / "envoy_bundle"
-    if not lib.exists():
-        lib.symlink_to(REPO / "bundle" / "envoy_bundle")
+    for name, source in (("envoy_bundle", REPO / "bundle" / "envoy_bundle"),
+                         ("envoy_formula", REPO / "_utils" / "envoy_formula")):
+        lib = release / "lib" / name
+        if not lib.exists():
+            lib.symlink_to(source)
     (release / "bundle.json").write_text(json.dumps({"id": release_id}) + "\n")
     return release
 

@@ -12,7 +12,8 @@ import subprocess
 import textwrap
 
 OVERLAID = ("/etc", "/opt", "/var", "/run")
-PRODUCTION_PATHS = ("/opt/envoy", "/etc/envoy", "/var/log/envoy", "/run/envoy")
+# Written by the formula; /tmp/salt_mapdata_dump is where envoy._mapdata dumps its settings.
+PRODUCTION_PATHS = ("/opt/envoy", "/etc/envoy", "/var/log/envoy", "/run/envoy", "/tmp/salt_mapdata_dump")
 
 PRELUDE = r"""
 set -euo pipefail
@@ -32,11 +33,6 @@ for dir in {production}; do
 done
 # Hot restart shared memory lives here: keep it per host.
 mount -t tmpfs tmpfs /dev/shm
-# This machine's Python lives under /root (pyenv), which a real host's Salt Python does not:
-# let the envoy user reach it, in this host only.
-mkdir -p "$scratch/root/upper" "$scratch/root/work"
-mount -t overlay overlay -o "lowerdir=/root,upperdir=$scratch/root/upper,workdir=$scratch/root/work" /root
-chmod 711 /root
 """
 
 

@@ -26,10 +26,12 @@ def host(tmp_path_factory, built_bundle):
     manifests.mkdir(parents=True)
     (manifests / "foo.yaml").write_text(MANIFEST.format(port=free_port(), app_port=free_port()))
     sandbox.sync()
-    states = sandbox.apply("envoy")
-    assert all(s["result"] for s in states.values()), states
-    yield sandbox
-    sandbox.salt_call("envoy.stop", check=False)
+    try:
+        states = sandbox.apply("envoy")
+        assert all(s["result"] for s in states.values()), states
+        yield sandbox
+    finally:
+        sandbox.salt_call("envoy.stop", check=False)
 
 
 def running(host):

@@ -230,11 +230,15 @@ def test_private_keys_never_reach_state_output_or_logs(host):
 
 
 def test_validation_runs_as_the_envoy_user_when_root(tmp_path, envoy_bin):
-    """As root, envoy.validate runs envoy as the configured user (here `nobody`): a log dir that
-    user cannot write fails validation, as it would fail the real Envoy."""
-    import importlib.util
+    """As root, validation runs envoy as the configured user (here `nobody`): a log dir that user
+    cannot write fails validation, as it would fail the real Envoy. The bundle is unpacked where
+    that user can reach it (as under /opt/envoy); a binary it cannot reach is named in the error."""
     import pwd
+    import shutil
     import tempfile
+
+    from envoy_formula import config_validate
+    from envoy_formula.errors import EnvoyFormulaError
 
     if os.geteuid() != 0:
         pytest.skip("needs root to switch users")
@@ -242,18 +246,15 @@ def test_validation_runs_as_the_envoy_user_when_root(tmp_path, envoy_bin):
         pwd.getpwnam("nobody")
     except KeyError:
         pytest.skip("no `nobody` user")
-    spec = importlib.util.spec_from_file_location("envoy_salt_module", Path(__file__).parents[2] / "_modules/envoy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     world = Path(tempfile.mkdtemp(prefix="envoy-validate-user-"))  # traversable by nobody
     try:
         world.chmod(0o755)
         (world / "current" / "bin").mkdir(parents=True)
-        (world / "current" / "bin" / "envoy").symlink_to(envoy_bin)
+        shutil.copy2(envoy_bin, world / "current" / "bin" / "envoy")  # a copy: the checkout may be private
         root_only = world / "root-only-logs"
         root_only.mkdir(mode=0o755)
         config = (GOLDEN / "sidecar" / "envoy.yaml").read_text()
-        host = {"current_dir": str(world / "current"), "user": "nobody"}
+        host = {"current_dir": str(world / "current"), "user": "nobody", "group": "nogroup"}
         cases = {"writable": str(world / "logs-for-nobody"), "root_only": str(root_only)}
         Path(cases["writable"]).mkdir()
         os.chown(cases["writable"], pwd.getpwnam("nobody").pw_uid, -1)
@@ -261,13 +262,15 @@ def test_validation_runs_as_the_envoy_user_when_root(tmp_path, envoy_bin):
         for name, log_dir in cases.items():
             path = tmp_path / f"{name}.yaml"
             path.write_text(config.replace('"/var/log/envoy/', f'"{log_dir}/'))
-            verdicts[name] = module._cfg_validate_file(host, str(path))
+            verdicts[name] = config_validate.validate_file(host, str(path))
         assert verdicts["writable"] == {"ok": True, "error": ""}
         assert not verdicts["root_only"]["ok"]
         assert "Permission denied" in verdicts["root_only"]["error"]
-    finally:
-        import shutil
 
+        (world / "current" / "bin").chmod(0o700)  # nobody can no longer reach the binary
+        with pytest.raises(EnvoyFormulaError, match="as user nobody: cannot execute .*searchable by nobody"):
+            config_validate.validate_file(host, str(tmp_path / "writable.yaml"))
+    finally:
         shutil.rmtree(world, ignore_errors=True)
 
 

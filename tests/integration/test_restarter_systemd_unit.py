@@ -1,6 +1,6 @@
 """
-``supervisor: systemd``: service.sls as the real salt-call renders it, and the unit it installs
-(rendered from salt/envoy/files/envoy.service.jinja with the context Salt passes, then checked by
+``supervisor: systemd``: envoy.service as the real salt-call renders it, and the unit it installs
+(rendered from salt/envoy/files/default/envoy.service.jinja with the context Salt passes, then checked by
 ``systemd-analyze verify`` when available). No systemd runs here; the daemon supervisor is what
 the other integration tests exercise for real.
 """
@@ -16,7 +16,7 @@ from tests.helpers.envoy_host import make_release, switch_current
 from tests.helpers.sandbox import SandboxHost
 
 REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / "salt" / "envoy" / "files" / "envoy.service.jinja"
+TEMPLATE = REPO / "salt" / "envoy" / "files" / "default" / "envoy.service.jinja"
 
 
 def state_args(chunk):
@@ -50,9 +50,13 @@ def test_service_sls_installs_the_unit_and_watches_bundle_and_config(shown):
                      "envoy-service-running"):
         assert state_id in ret, sorted(ret)
     running = state_args(ret["envoy-service-running"])
-    assert running["supervisor"] == "systemd"
     assert running["watch"] == ["envoy-bundle-installed", "envoy-config-file-managed"]
-    assert state_args(ret["envoy-service-unit-managed"])["name"] == "/etc/systemd/system/envoy.service"
+    assert {"sls": "envoy.config"} in running["require"]
+    unit = state_args(ret["envoy-service-unit-managed"])
+    assert unit["name"].endswith("/etc/systemd/system/envoy.service")
+    # TOFS: a per-minion and per-os_family override come before the formula's own template.
+    assert unit["source"][0] == "salt://envoy/files/systemd-unit/envoy.service.jinja"
+    assert unit["source"][-1] == "salt://envoy/files/default/envoy.service.jinja"
 
 
 def test_the_unit_runs_the_restarter_and_reload_validates_then_hups(shown, tmp_path):
@@ -65,14 +69,17 @@ def test_the_unit_runs_the_restarter_and_reload_validates_then_hups(shown, tmp_p
     assert context["command"][1] == f"{envoy['install_dir']}/current/bin/envoy-restarter"
     reloads = [line for line in lines if line.startswith("ExecReload=")]
     assert reloads == [
-        f"ExecReload={envoy['install_dir']}/current/bin/envoy --mode validate -c {envoy['config_file']}",
+        f"ExecReload=/usr/bin/setpriv --reuid={envoy['user']} --regid={envoy['group']} --clear-groups -- "
+        f"{envoy['install_dir']}/current/bin/envoy --mode validate -c {envoy['config_file']}",
         "ExecReload=/bin/kill -HUP $MAINPID",
     ]
     for expected in ("KillMode=mixed", "KillSignal=SIGTERM", "TimeoutStopSec=35", "Restart=on-failure",
-                     f"User={envoy['user']}", f"Group={envoy['group']}", "WantedBy=multi-user.target",
-                     "AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
-                     "NoNewPrivileges=true"):
+                     "WantedBy=multi-user.target", "NoNewPrivileges=true"):
         assert expected in lines
+    # The restarter runs as root and drops each Envoy epoch to the envoy user itself.
+    assert not any(line.startswith(("User=", "Group=")) for line in lines)
+    bounding = next(line for line in lines if line.startswith("CapabilityBoundingSet="))
+    assert {"CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID"} <= set(bounding.split("=", 1)[1].split())
     assert not any(line.startswith("RuntimeDirectory=") for line in lines)  # a sandbox run dir
 
     if shutil.which("systemd-analyze") is None:
@@ -90,9 +97,8 @@ def test_the_unit_runs_the_restarter_and_reload_validates_then_hups(shown, tmp_p
 
 def test_a_run_dir_under_run_becomes_the_units_runtime_directory():
     envoy = {"user": "envoy", "group": "envoy", "install_dir": "/opt/envoy", "config_file": "/etc/envoy/envoy.yaml",
-             "run_dir": "/run/envoy"}
-    unit = render_unit({"envoy": envoy, "command": ["/usr/bin/python3", "/opt/envoy/current/bin/envoy-restarter"],
-                        "timing": {"stop_timeout_s": 30}})
+             "run_dir": "/run/envoy", "restart": {"stop_timeout_s": 30}}
+    unit = render_unit({"envoy": envoy, "command": ["/usr/bin/python3", "/opt/envoy/current/bin/envoy-restarter"]})
     lines = unit.splitlines()
     assert "RuntimeDirectory=envoy" in lines and "RuntimeDirectoryPreserve=yes" in lines
     assert "TimeoutStopSec=45" in lines

@@ -12,9 +12,18 @@ import pytest
 from tests.helpers.sandbox import SandboxHost
 
 
+def test_without_synced_modules_the_formula_says_what_to_do(tmp_path):
+    bare = SandboxHost(tmp_path / "bare", minion_id="bare-host")
+    code, out = bare.salt_call("state.apply", "envoy.schedule", check=False)
+    assert code != 0
+    assert "run saltutil.sync_all once" in str(out), out
+
+
 @pytest.fixture
 def host(tmp_path):
-    return SandboxHost(tmp_path / "sched", minion_id="sched-host")
+    sandbox = SandboxHost(tmp_path / "sched", minion_id="sched-host")
+    sandbox.sync()
+    return sandbox
 
 
 def schedule(host, test=False, **settings):

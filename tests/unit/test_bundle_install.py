@@ -1,6 +1,7 @@
 """
-``envoy.install_bundle`` / ``bundles`` / ``current_bundle`` called in-process on real files, real
-fake-envoy bundles and a real loopback HTTP server. Every fault must leave ``current`` as it was
+The library's installer (``envoy_formula.bundle_releases``, what ``envoy.install_bundle``,
+``bundles`` and ``current_bundle`` run) on real files, real fake-envoy bundles and a real loopback
+HTTP server. Every fault must leave ``current`` as it was
 and no temp dir behind. (The same through ``salt-call``: tests/integration/test_bundle_state.py.)
 """
 
@@ -12,14 +13,14 @@ from pathlib import Path
 
 import pytest
 from envoy_bundle import builder
-from salt.exceptions import CommandExecutionError
+from envoy_formula import bundle_releases, bundle_sources, host_settings
+from envoy_formula.errors import EnvoyFormulaError
 
 from tests.helpers.bundles import (
     BundleServer,
     build_custom_bundle,
     build_fake_bundle,
     crafted_tarball,
-    load_envoy_module,
     rewrite_member,
     sha256_of,
     write_fake_envoy,
@@ -28,9 +29,10 @@ from tests.helpers.bundles import (
 
 @pytest.fixture(scope="module")
 def mod():
-    module = load_envoy_module()
-    module.HTTP_BACKOFF = 0.01  # the retry logic is what is tested here, not the wait
-    return module
+    """The installer, with short retry backoffs (the retry logic is what is tested, not the wait)."""
+    saved, bundle_sources.HTTP_BACKOFF_S = bundle_sources.HTTP_BACKOFF_S, 0.01
+    yield bundle_releases
+    bundle_sources.HTTP_BACKOFF_S = saved
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture()
 def host(tmp_path):
-    return {"install_dir": str(tmp_path / "opt" / "envoy"), "keep_releases": 3}
+    return host_settings.resolve({}, overrides={"install_dir": str(tmp_path / "opt" / "envoy"), "keep_releases": 3})
 
 
 def url(served, key):
@@ -62,7 +64,7 @@ def url(served, key):
 
 
 def install(mod, served, host, key, **kwargs):
-    return mod.install_bundle(url(served, key), sha256=served.files[key][1], **host, **kwargs)
+    return mod.install(host, url(served, key), served.files[key][1], **kwargs)
 
 
 def current_target(host):
@@ -94,8 +96,8 @@ def test_first_install_then_nothing_to_do(mod, served, host):
     bundle_id = first["new"]["bundle_id"]
     assert first["new"]["envoy_version"] == "1.40.0"
     assert current_target(host) == f"releases/{bundle_id}"
-    assert mod.current_bundle(**host)["bundle_id"] == bundle_id
-    [listed] = mod.bundles(**host)
+    assert mod.current_manifest(host)["bundle_id"] == bundle_id
+    [listed] = mod.installed(host)
     assert listed["current"] and listed["archive_sha256"] == sha and listed["installed_at"]
     # bin/envoy of the release runs
     release = Path(host["install_dir"], "current")
@@ -110,28 +112,28 @@ def test_first_install_then_nothing_to_do(mod, served, host):
 
 
 def test_upgrade_reports_old_and_new(mod, served, host_with_a):
-    old_id = mod.current_bundle(**host_with_a)["bundle_id"]
+    old_id = mod.current_manifest(host_with_a)["bundle_id"]
     result = install(mod, served, host_with_a, "B")
     assert result["changed"] and result["old"]["bundle_id"] == old_id
     assert result["new"]["bundle_id"] != old_id
     assert current_target(host_with_a) == f"releases/{result['new']['bundle_id']}"
-    assert [b["current"] for b in mod.bundles(**host_with_a)] == [True, False]
+    assert [b["current"] for b in mod.installed(host_with_a)] == [True, False]
 
 
 def test_rollback_to_an_installed_release_downloads_nothing(mod, served, host_with_a):
-    first_id = mod.current_bundle(**host_with_a)["bundle_id"]
+    first_id = mod.current_manifest(host_with_a)["bundle_id"]
     install(mod, served, host_with_a, "B")
     before = served.downloads(served.files["A"][0])
     result = install(mod, served, host_with_a, "A")
     assert result["changed"] and not result["downloaded"]
     assert result["new"]["bundle_id"] == first_id
     assert served.downloads(served.files["A"][0]) == before
-    assert mod.bundles(**host_with_a)[0]["bundle_id"] == first_id  # most recently activated first
+    assert mod.installed(host_with_a)[0]["bundle_id"] == first_id  # most recently activated first
 
 
 def test_keeps_newest_releases_but_never_current_or_previous(mod, served, host):
     ids = [install(mod, served, host, key, keep=1)["new"]["bundle_id"] for key in "ABCD"]
-    remaining = [b["bundle_id"] for b in mod.bundles(**host)]
+    remaining = [b["bundle_id"] for b in mod.installed(host)]
     assert remaining == [ids[3], ids[2]]  # keep=1, but the previous one stays for rollback
     result = install(mod, served, host, "A", keep=1)
     assert result["pruned"] == [ids[2]]
@@ -147,11 +149,11 @@ def test_same_content_from_another_archive_is_not_a_change(mod, host, tmp_path):
     one, _ = builder.write_bundle(tmp_path / "one", members, "1.40.0", "11.104", "commit-one")
     two, _ = builder.write_bundle(tmp_path / "two", members, "1.40.0", "11.104", "commit-two")
     assert one.name == two.name and one.read_bytes() != two.read_bytes()
-    installed = mod.install_bundle(one.as_uri(), sha256=sha256_of(one), **host)
+    installed = mod.install(host, one.as_uri(), sha256_of(one))
     before = snapshot(host)
-    result = mod.install_bundle(two.as_uri(), sha256=sha256_of(two), **host)
+    result = mod.install(host, two.as_uri(), sha256_of(two))
     assert not result["changed"] and result["new"] == installed["new"] and snapshot(host) == before
-    again = mod.install_bundle(two.as_uri(), sha256=sha256_of(two), **host)
+    again = mod.install(host, two.as_uri(), sha256_of(two))
     assert not again["downloaded"] and "already current" in again["comment"]
 
 
@@ -179,8 +181,8 @@ FAULTS = {
 def test_fault_leaves_current_as_it_was(mod, served, host_with_a, fault):
     make_url, sha_key, message = FAULTS[fault]
     before = snapshot(host_with_a)
-    with pytest.raises(CommandExecutionError) as exc:
-        mod.install_bundle(make_url(served), sha256=served.files[sha_key][1], **host_with_a)
+    with pytest.raises(EnvoyFormulaError) as exc:
+        mod.install(host_with_a, make_url(served), served.files[sha_key][1])
     assert message in str(exc.value)
     assert snapshot(host_with_a) == before
     assert leftovers(host_with_a) == []
@@ -188,21 +190,21 @@ def test_fault_leaves_current_as_it_was(mod, served, host_with_a, fault):
 
 def test_404_is_not_retried_and_500s_give_up(mod, served, host_with_a):
     before = snapshot(host_with_a)
-    with pytest.raises(CommandExecutionError, match="HTTP 404"):
-        mod.install_bundle(served.url("missing.tar.gz"), sha256="a" * 64, **host_with_a)
+    with pytest.raises(EnvoyFormulaError, match="HTTP 404"):
+        mod.install(host_with_a, served.url("missing.tar.gz"), "a" * 64)
     assert served.downloads("missing.tar.gz") == 1
     name, sha = served.files["D"]
-    served.fail(name, *[500] * mod.HTTP_ATTEMPTS)
-    with pytest.raises(CommandExecutionError, match="failed after 4 attempts: HTTP 500"):
+    served.fail(name, *[500] * bundle_sources.HTTP_ATTEMPTS)
+    with pytest.raises(EnvoyFormulaError, match="failed after 4 attempts: HTTP 500"):
         install(mod, served, host_with_a, "D")
     assert snapshot(host_with_a) == before and leftovers(host_with_a) == []
 
 
 def test_connection_cut_mid_body(mod, served, host_with_a):
     name, _ = served.files["B"]
-    served.fail(name, *["truncate"] * mod.HTTP_ATTEMPTS)
+    served.fail(name, *["truncate"] * bundle_sources.HTTP_ATTEMPTS)
     before = snapshot(host_with_a)
-    with pytest.raises(CommandExecutionError, match="failed after 4 attempts: connection broken mid-body, download truncated"):
+    with pytest.raises(EnvoyFormulaError, match="failed after 4 attempts: connection broken mid-body, download truncated"):
         install(mod, served, host_with_a, "B")
     assert snapshot(host_with_a) == before and leftovers(host_with_a) == []
     # once the connection holds again, the same bundle installs
@@ -213,24 +215,24 @@ def test_connection_cut_mid_body(mod, served, host_with_a):
 def test_missing_or_malformed_sha256_is_refused_before_any_download(mod, served, host_with_a):
     before, requests = snapshot(host_with_a), len(served.requests)
     for sha in (None, "", "  "):
-        with pytest.raises(CommandExecutionError, match="a sha256 is required for every bundle source"):
-            mod.install_bundle(url(served, "B"), sha256=sha, **host_with_a)
-    with pytest.raises(CommandExecutionError, match="is not 64 hex digits"):
-        mod.install_bundle(url(served, "B"), sha256="abc", **host_with_a)
+        with pytest.raises(EnvoyFormulaError, match="a sha256 is required for every bundle source"):
+            mod.install(host_with_a, url(served, "B"), sha)
+    with pytest.raises(EnvoyFormulaError, match="is not 64 hex digits"):
+        mod.install(host_with_a, url(served, "B"), "abc")
     assert len(served.requests) == requests and snapshot(host_with_a) == before
 
 
 def test_unsupported_source_and_missing_file(mod, host, tmp_path):
-    with pytest.raises(CommandExecutionError, match="unsupported source; use salt://, https://"):
-        mod.install_bundle("ftp://example.invalid/b.tar.gz", sha256="a" * 64, **host)
-    with pytest.raises(CommandExecutionError, match="no such file"):
-        mod.install_bundle((tmp_path / "nope.tar.gz").as_uri(), sha256="a" * 64, **host)
+    with pytest.raises(EnvoyFormulaError, match="unsupported source; use salt://, https://"):
+        mod.install(host, "ftp://example.invalid/b.tar.gz", "a" * 64)
+    with pytest.raises(EnvoyFormulaError, match="no such file"):
+        mod.install(host, (tmp_path / "nope.tar.gz").as_uri(), "a" * 64)
 
 
 def test_credentials_and_tokens_stay_out_of_messages(mod, served, host):
     secret_url = served.url("missing.tar.gz").replace("http://", "http://user:s3cret@") + "?token=s3cret"
-    with pytest.raises(CommandExecutionError) as exc:
-        mod.install_bundle(secret_url, sha256="a" * 64, **host)
+    with pytest.raises(EnvoyFormulaError) as exc:
+        mod.install(host, secret_url, "a" * 64)
     assert "s3cret" not in str(exc.value)
 
 
@@ -249,8 +251,8 @@ def test_crafted_tarball_is_refused(mod, host_with_a, tmp_path, kind):
     entries, message = CRAFTED[kind]
     archive, sha = crafted_tarball(tmp_path / "crafted.tar.gz", entries)
     before = snapshot(host_with_a)
-    with pytest.raises(CommandExecutionError, match="unsafe bundle") as exc:
-        mod.install_bundle(archive.as_uri(), sha256=sha, limits={"max_member_bytes": 1024}, **host_with_a)
+    with pytest.raises(EnvoyFormulaError, match="unsafe bundle") as exc:
+        mod.install(host_with_a, archive.as_uri(), sha, limits={"max_member_bytes": 1024})
     assert message in str(exc.value)
     assert snapshot(host_with_a) == before and leftovers(host_with_a) == []
     assert not Path("/tmp/escaped-bundle-member").exists()
@@ -262,8 +264,8 @@ def test_nobody_listening_is_retried_then_reported(mod, host_with_a):
 
     before = snapshot(host_with_a)
     dead = f"http://127.0.0.1:{free_port()}/envoy-bundle.tar.gz"
-    with pytest.raises(CommandExecutionError, match="failed after 4 attempts: connection failed"):
-        mod.install_bundle(dead, sha256="b" * 64, **host_with_a)
+    with pytest.raises(EnvoyFormulaError, match="failed after 4 attempts: connection failed"):
+        mod.install(host_with_a, dead, "b" * 64)
     assert snapshot(host_with_a) == before and leftovers(host_with_a) == []
 
 
@@ -277,7 +279,7 @@ def test_launchers_run_the_code_of_their_own_release(mod, host, tmp_path):
                builder.bytes_member("lib/envoy_bundle/__init__.py", b""),
                builder.bytes_member("lib/envoy_bundle/restarter.py", stub)]
     tarball, _ = builder.write_bundle(tmp_path / "out", members, "1.40.0", "11.104", "test")
-    new = mod.install_bundle(tarball.as_uri(), sha256=sha256_of(tarball), **host)["new"]
+    new = mod.install(host, tarball.as_uri(), sha256_of(tarball))["new"]
     launcher = Path(host["install_dir"], "current", "bin", "envoy-restarter")
     proc = subprocess.run([sys.executable, str(launcher)], capture_output=True, text=True, cwd=tmp_path,
                           check=True)

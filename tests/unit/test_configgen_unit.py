@@ -1,7 +1,6 @@
 """Config generator pieces: the CLI contract, the documented pillar.example, filters, the
 listeners other features rely on (health check filter, loopback admin), and key redaction."""
 
-import importlib.util
 import io
 import json
 import sys
@@ -139,15 +138,9 @@ def test_quoting_keeps_any_string_intact():
     assert yaml.safe_load(f"v: {quote(tricky)}")["v"] == tricky
 
 
-def load_salt_module():
-    spec = importlib.util.spec_from_file_location("envoy_salt_module", REPO / "_modules" / "envoy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_redaction_hides_raw_and_escaped_keys_but_shows_a_change():
-    redact = load_salt_module()._cfg_redact
+    from envoy_formula.redaction import hide_private_keys as redact
+
     key = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAsecretbody\n-----END PRIVATE KEY-----\n"
     other = key.replace("secretbody", "otherbody")
     for text in (f"private_key: |\n{key}", f"inline_string: {json.dumps(key)}",

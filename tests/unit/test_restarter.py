@@ -215,7 +215,7 @@ def test_private_keys_never_reach_the_failure_record(tmp_path):
                         " and more\n[critical] cut short -----BEGIN EC PRIVATE KEY-----\nMHcCAQEE")
     tail = r.read_tail(str(log_path))
     assert "MIIEvQ" not in tail and "MHcCAQ" not in tail
-    assert tail.count("<private key redacted>") == 2 and "and more" in tail
+    assert tail.count("<redacted private key sha256:") == 2 and "and more" in tail
 
 
 def test_a_failing_tick_or_status_write_does_not_end_the_restarter(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ a host with --hosts (or sets ENVOY_VERIFY_HOST=1) collects it.
 import os
 
 import pytest
+import yaml
 
 
 def pytest_ignore_collect(collection_path, config):
@@ -20,13 +21,19 @@ def pytest_ignore_collect(collection_path, config):
 
 
 @pytest.fixture(scope="module")
-def settings():
-    """Production paths and the ports the verify pillar (pillar/) gives this host."""
+def settings(host):
+    """What the formula resolved for this host, from the dump `envoy._mapdata` writes
+    (/tmp/salt_mapdata_dump/<minion id>.yaml); the production defaults without one."""
+    dumps = host.run("ls /tmp/salt_mapdata_dump/").stdout.split()
+    if dumps:
+        values = yaml.safe_load(host.file(f"/tmp/salt_mapdata_dump/{dumps[0]}").content_string)["values"]
+        return {key: values[key] for key in ("install_dir", "config_file", "log_dir", "run_dir", "user",
+                                             "admin_port")}
     return {
         "install_dir": "/opt/envoy",
         "config_file": "/etc/envoy/envoy.yaml",
         "log_dir": "/var/log/envoy",
         "run_dir": "/run/envoy",
-        "user": os.environ.get("ENVOY_VERIFY_USER", "envoy"),
-        "admin_port": int(os.environ.get("ENVOY_VERIFY_ADMIN_PORT", "9901")),
+        "user": "envoy",
+        "admin_port": 9901,
     }

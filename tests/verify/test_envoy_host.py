@@ -56,6 +56,15 @@ def test_envoy_runs_as_its_user_under_the_restarter(host, settings):
     assert all(p.ppid == restarter_pid for p in envoys)
 
 
+def test_envoy_keeps_only_the_bind_capability(host, settings):
+    """The restarter (root) drops each epoch to the envoy user with CAP_NET_BIND_SERVICE alone, so
+    an edge can bind 80/443 whichever supervisor runs it."""
+    for envoy in host.process.filter(comm="envoy"):
+        status = host.file(f"/proc/{envoy.pid}/status").content_string
+        caps = dict(line.split(":\t", 1) for line in status.splitlines() if line.startswith("Cap"))
+        assert int(caps["CapEff"], 16) == int(caps["CapAmb"], 16) == 1 << 10, caps  # CAP_NET_BIND_SERVICE
+
+
 def test_envoy_is_live(host, settings):
     assert admin(host, settings, "/ready").strip() == "LIVE"
     status = json.loads(host.file(f"{settings['run_dir']}/status.json").content_string)

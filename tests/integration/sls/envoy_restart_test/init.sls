@@ -1,5 +1,5 @@
 {#- Tests only: a static Envoy config from pillar `envoy_restart_test:config`, kept with the previous
-    one for rollback, and `envoy.running` watching it (stands in for the formula's config.sls). #}
+    one for rollback, and `envoy.running` watching it (stands in for the formula's envoy.config). #}
 {%- set config_file = salt['envoy.settings']()['config_file'] %}
 
 envoy-restart-test-config-kept:

@@ -1,0 +1,270 @@
+"""
+The state module's own logic (``_states/envoy.py``) under Salt's loader mocks: what each state
+returns for each answer of the execution module and the library (changes filled before the test
+check, ``result: None`` under test, ``False`` with a readable comment on errors, nothing secret in
+the output). The same states run for real in tests/integration.
+"""
+
+import os
+from unittest.mock import MagicMock
+
+import pytest
+from envoy_formula import config_render, config_validate
+from salt.exceptions import CommandExecutionError
+
+from tests.helpers import front_ends
+
+envoy_state = front_ends.load("states")
+KEY = "-----BEGIN PRIVATE KEY-----\nMIIEsecret\n-----END PRIVATE KEY-----\n"
+
+
+@pytest.fixture
+def salt_mods():
+    return {}
+
+
+@pytest.fixture
+def opts():
+    return {"test": False, "id": "web1"}
+
+
+@pytest.fixture
+def configure_loader_modules(salt_mods, opts):
+    return {envoy_state: {"__salt__": salt_mods, "__opts__": opts, "__utils__": front_ends.utils(),
+                          "__pillar__": {"envoy": {"roles": ["sidecar"]}}, "__grains__": {"id": "web1"}}}
+
+
+A = {"bundle_id": "1.40.0-aaaaaaaaaaaa", "envoy_version": "1.40.0"}
+B = {"bundle_id": "1.40.0-bbbbbbbbbbbb", "envoy_version": "1.40.0"}
+
+
+# --- bundle_installed ---------------------------------------------------------------------------
+
+def test_bundle_already_current_changes_nothing(salt_mods):
+    salt_mods["envoy.bundle_plan"] = MagicMock(return_value={"action": "none", "old": A, "release": A})
+    salt_mods["envoy.install_bundle"] = MagicMock()
+    ret = envoy_state.bundle_installed("https://repo/b.tar.gz", sha256="a" * 64)
+    assert ret["result"] is True and ret["changes"] == {} and "already current" in ret["comment"]
+    salt_mods["envoy.install_bundle"].assert_not_called()
+
+
+def test_bundle_test_mode_predicts_a_download_without_credentials(salt_mods, opts):
+    opts["test"] = True
+    salt_mods["envoy.bundle_plan"] = MagicMock(return_value={"action": "download", "sha256": "b" * 64, "old": A,
+                                                             "release": None})
+    salt_mods["envoy.install_bundle"] = MagicMock()
+    ret = envoy_state.bundle_installed("https://user:pw@repo/b.tar.gz?token=t", sha256="b" * 64)
+    assert ret["result"] is None
+    assert ret["changes"] == {"old": A, "new": f"bundle with sha256 {'b' * 64}"}
+    assert "would download" in ret["comment"] and "pw" not in ret["comment"] and "token" not in ret["comment"]
+    salt_mods["envoy.install_bundle"].assert_not_called()
+
+
+def test_bundle_switch_then_failed_install_leaves_no_changes(salt_mods):
+    salt_mods["envoy.bundle_plan"] = MagicMock(return_value={"action": "switch", "sha256": "b" * 64, "old": A,
+                                                             "release": B})
+    salt_mods["envoy.install_bundle"] = MagicMock(side_effect=CommandExecutionError("sha256 mismatch"))
+    ret = envoy_state.bundle_installed("salt://b.tar.gz", sha256="b" * 64)
+    assert ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"] == "bundle not installed, current left as it was: sha256 mismatch"
+
+
+def test_bundle_plan_error_is_a_failed_state(salt_mods):
+    salt_mods["envoy.bundle_plan"] = MagicMock(side_effect=CommandExecutionError("a sha256 is required"))
+    ret = envoy_state.bundle_installed("salt://b.tar.gz")
+    assert (ret["result"], ret["changes"], ret["comment"]) == (False, {}, "a sha256 is required")
+
+
+# --- config_managed ------------------------------------------------------------------------------
+
+@pytest.fixture
+def config_host(tmp_path, salt_mods, monkeypatch):
+    """A host whose bundle 'exists' and whose generator and validator are stand-ins."""
+    current = tmp_path / "opt" / "current"
+    (current / "bin").mkdir(parents=True)
+    (current / "bin" / "envoy-configgen").write_text("")
+    host = {"current_dir": str(current), "manifest_dir": str(tmp_path / "manifests"), "admin_port": 9901,
+            "log_dir": str(tmp_path / "log"), "group": "root", "user": "root"}
+    salt_mods["envoy.settings"] = MagicMock(return_value=host)
+    rendered = {"text": "static_resources: {}\n"}
+    monkeypatch.setattr(config_render, "render", lambda h, pillar, node: rendered["text"])
+    verdicts = {"ok": True, "error": ""}
+    monkeypatch.setattr(config_validate, "validate_file", lambda h, path: dict(verdicts))
+    monkeypatch.setattr(config_validate, "validate_text", lambda h, text: dict(verdicts))
+    return {"path": tmp_path / "envoy.yaml", "rendered": rendered, "verdict": verdicts,
+            "manifests": tmp_path / "manifests"}
+
+
+def test_config_written_then_up_to_date_by_its_inputs(config_host):
+    path = config_host["path"]
+    ret = envoy_state.config_managed(str(path))
+    assert ret["result"] is True and "updated (validated by envoy)" in ret["comment"]
+    assert ret["changes"]["diff"].startswith("--- /dev/null")
+    assert path.read_text() == "static_resources: {}\n" and os.stat(path).st_mode & 0o777 == 0o640
+    again = envoy_state.config_managed(str(path))
+    assert again == {"name": str(path), "result": True, "changes": {},
+                     "comment": f"{path} is up to date (its inputs are unchanged)"}
+
+
+def test_config_diff_hides_private_keys_and_keeps_the_previous_file(config_host):
+    path = config_host["path"]
+    envoy_state.config_managed(str(path))
+    config_host["rendered"]["text"] = f"key: |\n{KEY}"
+    config_host["manifests"].mkdir()
+    (config_host["manifests"] / "foo.yaml").write_text("service: foo\n")  # new inputs: a real render
+    ret = envoy_state.config_managed(str(path))
+    assert "MIIEsecret" not in str(ret) and "<redacted private key sha256:" in ret["changes"]["diff"]
+    assert ret["changes"]["previous"] == f"{path}.prev"
+    assert (path.parent / "envoy.yaml.prev").read_text() == "static_resources: {}\n"
+
+
+def test_config_test_mode_validates_and_writes_nothing(config_host, opts):
+    opts["test"] = True
+    ret = envoy_state.config_managed(str(config_host["path"]))
+    assert ret["result"] is None and "diff" in ret["changes"] and "would be updated" in ret["comment"]
+    assert not config_host["path"].exists()
+
+
+def test_config_envoy_rejects_it_the_file_stays(config_host):
+    path = config_host["path"]
+    path.write_text("old: config\n")
+    config_host["verdict"].update(ok=False, error=f"invalid cluster {KEY}")
+    ret = envoy_state.config_managed(str(path))
+    assert ret["result"] is False and ret["changes"] == {}
+    assert "not changed: envoy rejects the rendered config" in ret["comment"]
+    assert "MIIEsecret" not in ret["comment"] and "<redacted private key sha256:" in ret["comment"]
+    assert path.read_text() == "old: config\n" and not (path.parent / "envoy.yaml.prev").exists()
+
+
+def test_config_mode_drift_alone_is_fixed(config_host):
+    path = config_host["path"]
+    envoy_state.config_managed(str(path))
+    (path.parent / ".envoy.yaml.inputs.json").unlink()
+    path.chmod(0o644)
+    ret = envoy_state.config_managed(str(path))
+    assert ret["changes"] == {"mode": "0o640"} and os.stat(path).st_mode & 0o777 == 0o640
+
+
+def test_config_bad_input_fails_naming_the_file_and_writes_nothing(config_host, monkeypatch):
+    from envoy_formula.errors import EnvoyFormulaError
+
+    def bad(*_):
+        raise EnvoyFormulaError("bad manifest or pillar:\nmanifest /m/foo.yaml: ingress.port is required")
+
+    monkeypatch.setattr(config_render, "render", bad)
+    ret = envoy_state.config_managed(str(config_host["path"]))
+    assert ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"].endswith("not changed: bad manifest or pillar:\nmanifest /m/foo.yaml: ingress.port is required")
+    assert not config_host["path"].exists()
+
+
+def test_config_first_test_run_without_a_bundle_predicts(tmp_path, salt_mods, opts):
+    opts["test"] = True
+    salt_mods["envoy.settings"] = MagicMock(return_value={"current_dir": str(tmp_path / "none")})
+    ret = envoy_state.config_managed(str(tmp_path / "envoy.yaml"))
+    assert ret["result"] is None and "once the Envoy bundle is installed" in ret["comment"]
+
+
+# --- running, mod_watch, dead ----------------------------------------------------------------------
+
+RUNNING = {"running": True, "epoch": 2, "restarter_pid": 10, "supervisor": "daemon", "state": "LIVE"}
+STOPPED = {"running": False, "epoch": None, "restarter_pid": None, "supervisor": "daemon", "state": "stopped"}
+
+
+def test_running_when_it_runs_changes_nothing(salt_mods):
+    salt_mods["envoy.status"] = MagicMock(return_value=RUNNING)
+    ret = envoy_state.running("envoy")
+    assert ret["result"] is True and ret["changes"] == {} and "epoch 2, LIVE" in ret["comment"]
+
+
+def test_running_test_mode_predicts_the_start_and_the_orphans(salt_mods, opts):
+    opts["test"] = True
+    salt_mods.update({"envoy.status": MagicMock(return_value=STOPPED), "envoy.orphans": MagicMock(return_value=[77]),
+                      "envoy.start": MagicMock()})
+    ret = envoy_state.running("envoy")
+    assert ret["result"] is None and ret["changes"] == {"started": True, "supervisor": "daemon", "orphans_stopped": [77]}
+    assert "after stopping orphaned envoy pids [77]" in ret["comment"]
+    salt_mods["envoy.start"].assert_not_called()
+
+
+def test_running_start_that_never_gets_live_fails(salt_mods):
+    salt_mods.update({"envoy.status": MagicMock(return_value=STOPPED), "envoy.orphans": MagicMock(return_value=[]),
+                      "envoy.start": MagicMock(return_value={"started": True, "result": False, "restarter_pid": 5,
+                                                             "epoch": None, "error": "exited with code 1"})})
+    ret = envoy_state.running("envoy")
+    assert ret["result"] is False and "envoy is not LIVE: exited with code 1" in ret["comment"]
+
+
+def test_mod_watch_test_mode_says_which_restart(salt_mods, opts):
+    opts["test"] = True
+    salt_mods["envoy.restart_kind"] = MagicMock(return_value={"kind": "full", "reason": "hot restart version 12.0 ..."})
+    ret = envoy_state.mod_watch("envoy", sfun="running")
+    assert ret["result"] is None and ret["changes"] == {"restart": "full"}
+    assert ret["comment"] == "envoy would get a drained full restart: hot restart version 12.0 ..."
+
+
+def test_mod_watch_failed_hot_restart_rolls_back_and_says_the_old_epoch_serves(salt_mods):
+    salt_mods["envoy.reload"] = MagicMock(return_value={"kind": "hot", "result": False, "epoch": 3,
+                                                        "error": "epoch 4 exited", "rolled_back": True})
+    ret = envoy_state.mod_watch("envoy", sfun="running")
+    assert ret["result"] is False
+    assert ret["changes"] == {"restart": "hot", "outcome": "failed", "epoch": 3, "rolled_back": True}
+    assert ret["comment"] == ("envoy hot restart failed: epoch 4 exited; the previous config was put back; "
+                              "the running epoch keeps serving")
+
+
+def test_mod_watch_after_another_run_did_it_changes_nothing(salt_mods):
+    salt_mods["envoy.reload"] = MagicMock(return_value={"kind": "none", "result": True, "comment": "another run ..."})
+    ret = envoy_state.mod_watch("envoy")
+    assert ret["changes"] == {} and ret["comment"] == "another run ..."
+
+
+def test_dead_when_stopped_and_under_test(salt_mods, opts):
+    salt_mods.update({"envoy.status": MagicMock(return_value=STOPPED), "envoy.orphans": MagicMock(return_value=[])})
+    assert envoy_state.dead("envoy")["comment"] == "envoy is not running"
+    opts["test"] = True
+    salt_mods["envoy.status"] = MagicMock(return_value=RUNNING)
+    salt_mods["envoy.stop"] = MagicMock()
+    ret = envoy_state.dead("envoy")
+    assert ret["result"] is None and ret["changes"]["stopped"] is True
+    salt_mods["envoy.stop"].assert_not_called()
+
+
+# --- discovery --------------------------------------------------------------------------------------
+
+ENTRY = {"service": "users", "ip": "10.0.0.7", "port": 8081, "listed": True, "current": False}
+
+
+def test_registered_with_manifest_problems_fails(salt_mods):
+    salt_mods["envoy.registration_status"] = MagicMock(return_value={"services": [], "url": "http://d",
+                                                                     "problems": ["/m/x.yaml: service: missing"]})
+    ret = envoy_state.registered("envoy-discovery")
+    assert ret["result"] is False and ret["comment"] == "manifest problems: /m/x.yaml: service: missing"
+
+
+def test_registered_stale_registers_and_test_mode_predicts(salt_mods, opts):
+    salt_mods["envoy.registration_status"] = MagicMock(return_value={"services": [ENTRY], "url": "http://d",
+                                                                     "problems": []})
+    salt_mods["envoy.register"] = MagicMock(return_value={"url": "http://d", "registered": ["users 10.0.0.7:8081"]})
+    opts["test"] = True
+    predicted = envoy_state.registered("envoy-discovery")
+    assert predicted["result"] is None and predicted["changes"] == {"registered": ["users 10.0.0.7:8081"]}
+    salt_mods["envoy.register"].assert_not_called()
+    opts["test"] = False
+    done = envoy_state.registered("envoy-discovery")
+    assert done["result"] is True and done["comment"] == "registered with http://d: users 10.0.0.7:8081"
+
+
+def test_deregistered_when_unreachable_fails_clearly(salt_mods):
+    salt_mods["envoy.registration_status"] = MagicMock(side_effect=CommandExecutionError("users: cannot list hosts"))
+    ret = envoy_state.deregistered("envoy-discovery")
+    assert (ret["result"], ret["changes"], ret["comment"]) == (False, {}, "users: cannot list hosts")
+
+
+def test_discovery_server_restarted_when_its_settings_changed(salt_mods):
+    salt_mods["envoy.discovery_server_status"] = MagicMock(return_value={
+        "running": True, "current": False, "pid": 4, "command": ["envoy-discovery", "--ttl", "300"]})
+    salt_mods["envoy.discovery_server_start"] = MagicMock(return_value={"started": True, "pid": 9})
+    ret = envoy_state.discovery_server_running("envoy-discovery")
+    assert ret["changes"] == {"restarted": "envoy-discovery --ttl 300", "pid": 9}
+    assert ret["comment"] == "the discovery service restarted (pid 9), healthy"
