@@ -56,7 +56,8 @@ def test_front_https_has_a_health_check_on_every_certificate_chain():
 def test_egress_has_one_virtual_host_per_upstream_named_by_host_header():
     egress = listeners((GOLDEN / "sidecar" / "envoy.yaml").read_text())["egress"]
     vhosts = egress["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
-    assert [(v["name"], v["domains"]) for v in vhosts] == [("bar", ["bar", "bar:9001"]), ("baz", ["baz", "baz:9001"])]
+    assert [(v["name"], v["domains"]) for v in vhosts] == [("bar", ["bar", "bar:9001"]), ("baz", ["baz", "baz:9001"]),
+                                                         ("pricing", ["pricing", "pricing:9001"])]
 
 
 def test_manifest_knobs_override_pillar_defaults():
