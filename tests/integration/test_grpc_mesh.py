@@ -5,7 +5,9 @@ service. Envoy's active health check must speak gRPC's health protocol (an HTTP/
 http2 service used to get, fails on both and routes every call in panic mode), so the unhealthy
 backend gets no call. A long server stream through the egress must run to its end: the route
 timeout covers a whole response, so a stream gets max_stream_duration_ms instead, and
-stream_idle_timeout_ms resets a stream that goes silent.
+stream_idle_timeout_ms resets a stream that goes silent. And a gRPC server behind its own sidecar
+ingress (app_protocol http2, the ingress health check on gRPC's health path) is reachable through
+the egress and leaves rotation when the host drains.
 """
 
 import sys
@@ -29,7 +31,7 @@ STREAM_MESSAGES, STREAM_INTERVAL_MS = 100, 200  # a 20 s server stream, longer t
 @pytest.fixture(scope="module")
 def grpc_mesh(tmp_path_factory, envoy_bin):
     work = tmp_path_factory.mktemp("grpc")
-    ports = {name: free_port() for name in ("good", "sick", "egress", "admin")}
+    ports = {name: free_port() for name in ("good", "sick", "egress", "admin", "ingress")}
     procs = []
     try:
         procs.append(Process([sys.executable, "-m", "tests.helpers.grpc_app", "--port", str(ports["good"]),
@@ -46,6 +48,13 @@ def grpc_mesh(tmp_path_factory, envoy_bin):
             "upstreams:\n"
             "  - {service: pricing, max_stream_duration_ms: 60000}\n"
             "  - {service: pricing-idle, max_stream_duration_ms: 60000, stream_idle_timeout_ms: 1000}\n"
+            "  - {service: echo, max_stream_duration_ms: 60000}\n"
+        )
+        # The good backend as a mesh service: behind this host's sidecar ingress.
+        server_manifest = (
+            "service: echo\n"
+            f"ingress: {{port: {ports['ingress']}, app_port: {ports['good']}, app_protocol: http2,\n"
+            "          health_check: /grpc.health.v1.Health/Check, max_stream_duration_ms: 60000}\n"
         )
         pillar = {
             "roles": ["sidecar"],
@@ -55,11 +64,14 @@ def grpc_mesh(tmp_path_factory, envoy_bin):
                 "pricing": {"type": "http2", "hosts": backends, "lb_policy": "round_robin",
                             "health_check_grpc_service": SERVICE},
                 "pricing-idle": {"type": "http2", "hosts": [backends[0]]},
+                "echo": {"type": "http2", "hosts": [f"127.0.0.1:{ports['ingress']}"],
+                         "health_check_grpc_service": SERVICE},
             },
         }
         host = {"node_id": "grpc", "admin_port": ports["admin"], "log_dir": str(work)}
         config = work / "envoy.yaml"
-        config.write_text(generate([("/etc/envoy/manifest.d/caller.yaml", manifest)], pillar, host))
+        config.write_text(generate([("/etc/envoy/manifest.d/caller.yaml", manifest),
+                                    ("/etc/envoy/manifest.d/echo.yaml", server_manifest)], pillar, host))
         envoy = Process([envoy_bin, "-c", str(config), "--disable-hot-restart", "--log-level", "warn",
                          "--concurrency", "1"], work / "envoy.log")
         procs.append(envoy)
@@ -161,3 +173,27 @@ def test_a_stream_silent_longer_than_stream_idle_timeout_is_reset(grpc_mesh):
             received.append(message.decode())
     assert received == ["good 0"]
     assert _counter(grpc_mesh["admin"], "http.egress.downstream_rq_idle_timeout") >= 1
+
+
+def test_grpc_server_behind_its_sidecar_ingress(grpc_mesh):
+    admin, ingress = grpc_mesh["admin"], f"127.0.0.1:{grpc_mesh['ports']['ingress']}"
+    wait_for(lambda: _health(admin, "echo") == {ingress: True}, timeout=30, what="echo healthy through its ingress")
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_mesh['ports']['egress']}",
+                                    options=[("grpc.default_authority", "echo")])
+    with channel:
+        assert channel.unary_unary(UNARY)(b"hop", timeout=5) == b"good hop"
+        assert [m.decode() for m in channel.unary_stream(STREAM)(b"5,100", timeout=30)] == [
+            f"good {i}" for i in range(5)]
+    assert _counter(admin, "cluster.local_echo.upstream_cx_http2_total") >= 1  # the app is reached over h2c
+    assert _counter(admin, "cluster.local_echo.upstream_cx_http1_total") == 0
+
+
+def test_a_draining_grpc_host_fails_grpc_health_checks(grpc_mesh):
+    admin, ingress = grpc_mesh["admin"], f"127.0.0.1:{grpc_mesh['ports']['ingress']}"
+    wait_for(lambda: _health(admin, "echo") == {ingress: True}, timeout=30, what="echo healthy")
+    assert requests.post(admin + "/healthcheck/fail", timeout=5).status_code == 200
+    try:
+        wait_for(lambda: _health(admin, "echo") == {ingress: False}, timeout=30, what="echo out of rotation")
+    finally:
+        assert requests.post(admin + "/healthcheck/ok", timeout=5).status_code == 200
+    wait_for(lambda: _health(admin, "echo") == {ingress: True}, timeout=30, what="echo back in rotation")

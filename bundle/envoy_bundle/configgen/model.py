@@ -181,7 +181,8 @@ class ModelBuilder:
         local = f"local_{service}"
         self.clusters[local] = {
             "name": local, "type": "STATIC", "connect_timeout_ms": settings["connect_timeout_ms"],
-            "lb_policy": "ROUND_ROBIN", "http2": False, "endpoints": [("127.0.0.1", ingress["app_port"])],
+            "lb_policy": "ROUND_ROBIN", "http2": ingress["app_protocol"] == "http2",
+            "endpoints": [("127.0.0.1", ingress["app_port"])],
             "circuit_breakers": dict(settings["circuit_breakers"]), "outlier": None, "health_check": None,
             "eds_service": None,
         }

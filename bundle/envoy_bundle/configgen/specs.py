@@ -58,6 +58,8 @@ MANIFEST = Map({
     "ingress": Field(Map({
         "port": Field(Port(), required=True),
         "app_port": Field(Port(), required=True),
+        # What the local app speaks: http (HTTP/1.1) or http2 (h2c: a gRPC server).
+        "app_protocol": Field(Str(choices=["http", "http2"]), default="http"),
         "health_check": Field(URL_PATH, default="/healthcheck"),
         "timeout_ms": Field(ms(tunable=True)),
         "max_stream_duration_ms": Field(ms(tunable=True)),
