@@ -1,7 +1,7 @@
 """
 A tiny upstream app for tests, benchmarks and the demo: answers every path with
-``<name> <method> <path>`` and serves ``/healthcheck``. Run it as its own process so the
-load client and the app never share a GIL:
+``<name> <method> <path>`` (and the Host it was sent, in ``x-upstream-host``) and serves
+``/healthcheck``. Run it as its own process so the load client and the app never share a GIL:
 
     python -m tests.helpers.app --port 8080 --name foo
 """
@@ -19,7 +19,7 @@ def make_app(name):
 
     async def echo(request):
         body = f"{name} {request.method} {request.path_qs}\n"
-        return web.Response(text=body, headers={"x-upstream": name})
+        return web.Response(text=body, headers={"x-upstream": name, "x-upstream-host": request.host})
 
     app = web.Application()
     app.router.add_get("/healthcheck", healthcheck)

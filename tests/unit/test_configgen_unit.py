@@ -55,7 +55,8 @@ def test_front_https_has_a_health_check_on_every_certificate_chain():
 def test_egress_has_one_virtual_host_per_upstream_named_by_host_header():
     egress = listeners((GOLDEN / "sidecar" / "envoy.yaml").read_text())["egress"]
     vhosts = egress["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
-    assert [(v["name"], v["domains"]) for v in vhosts] == [("bar", ["bar", "bar:9001"]), ("baz", ["baz", "baz:9001"])]
+    assert [(v["name"], v["domains"]) for v in vhosts] == [("bar", ["bar", "bar:9001"]), ("baz", ["baz", "baz:9001"]),
+                                                         ("pricing", ["pricing", "pricing:9001"])]
 
 
 def test_manifest_knobs_override_pillar_defaults():
@@ -149,3 +150,95 @@ def test_redaction_hides_raw_and_escaped_keys_but_shows_a_change():
         assert "secretbody" not in out and "<redacted private key sha256:" in out
     assert redact(key) != redact(other)  # a diff still shows that the key changed
     assert redact("certificate_chain: -----BEGIN CERTIFICATE-----") == "certificate_chain: -----BEGIN CERTIFICATE-----"
+
+
+# --- issue 15: edge ports and redirects, gRPC health checks, streams, route order ---------------
+
+CERT = load_yaml(GOLDEN / "front" / "pillar.yaml")["tls"]["certificates"][1]
+
+
+def _front_routes(pillar_extra, listener="front_http"):
+    pillar = {"roles": ["front"], "services": {"app": {"hosts": ["10.0.0.1:80"]}},
+              "tls": {"certificates": [CERT]}, **pillar_extra}
+    found = listeners(generate([], pillar, HOST))[listener]
+    route_config = found["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    return route_config, {r["name"]: r for vhost in route_config["virtual_hosts"] for r in vhost["routes"]}
+
+
+@pytest.mark.parametrize("http_port, https_port, expected", [(80, 443, None), (8080, 8443, 8443),
+                                                             (8080, 443, 443), (80, 8443, 8443)])
+def test_https_redirect_names_the_https_port_unless_the_ports_are_standard(http_port, https_port, expected):
+    routes = [{"name": "login", "match": {"path": "/login"}, "service": "app", "https_only": True},
+              {"name": "secure", "match": {"prefix": "/account"}, "redirect": {"https": True, "prefix": "/my"}},
+              {"name": "old", "match": {"path": "/old"}, "redirect": {"path": "/new"}}]
+    front = {"front": {"http_port": http_port, "https_port": https_port}}
+    route_config, found = _front_routes({"listeners": front, "routes": routes})
+    assert route_config["ignore_port_in_host_matching"] is True
+    assert found["login"]["redirect"].get("port_redirect") == expected
+    assert found["secure"]["redirect"].get("port_redirect") == expected
+    assert "port_redirect" not in found["old"]["redirect"]  # same scheme: the client's own port stays
+    _, found = _front_routes({"listeners": front, "routes": routes}, listener="front_https")
+    assert "route" in found["login"] and found["secure"]["redirect"].get("port_redirect") == expected
+
+
+def test_sensible_route_orders_are_not_refused_as_shadowed():
+    routes = [
+        {"name": "v2", "match": {"prefix": "/api/v2/"}, "service": "app"},
+        {"name": "api", "match": {"prefix": "/api/"}, "service": "app"},  # after the longer prefix: fine
+        {"name": "canary", "match": {"prefix": "/", "headers": [{"name": "x-canary", "present": True}]},
+         "service": "app"},
+        {"name": "login", "match": {"path": "/login"}, "service": "app"},  # canary needs a header login does not
+        {"name": "log", "match": {"prefix": "/log/"}, "service": "app"},  # /login does not cover it
+        {"name": "versioned", "match": {"regex": "^/v[0-9]+/"}, "service": "app"},
+        {"name": "after-regex", "match": {"prefix": "/v1/"}, "service": "app"},  # regexes are not judged
+        {"name": "other-domain", "domains": ["other.example.test"], "match": {"prefix": "/"}, "service": "app"},
+        {"name": "root", "match": {"prefix": "/"}, "service": "app"},
+        {"name": "other-login", "domains": ["other.example.test"], "match": {"path": "/x"}, "service": "app"},
+    ]
+    with pytest.raises(ConfigError) as caught:
+        _front_routes({"routes": routes})
+    # Only the route after other-domain's `prefix: /` in the same domain list is refused.
+    assert caught.value.messages == [
+        "pillar envoy:routes[9]:match of route other-login can never match: envoy:routes[7] (other-domain) comes "
+        "first for the same domains and its prefix / matches every path, path /x included; list the more "
+        "specific route first"]
+    _front_routes({"routes": routes[:-1]})
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"type": "http2"}, {"grpc_health_check": {}}),
+    ({"type": "http2", "health_check_grpc_service": "a.v1.A"}, {"grpc_health_check": {"service_name": "a.v1.A"}}),
+    ({"type": "http2", "health_check_protocol": "http"},
+     {"http_health_check": {"path": "/healthcheck", "codec_client_type": "HTTP2"}}),
+    ({"type": "http", "health_check_path": "/status"}, {"http_health_check": {"path": "/status"}}),
+])
+def test_catalogue_chooses_how_a_service_is_health_checked(entry, expected):
+    pillar = {"services": {"users-api": {"hosts": ["10.0.0.1:80"], **entry}}}
+    config = yaml.safe_load(generate([("/etc/envoy/manifest.d/foo.yaml", MANIFEST)], pillar, HOST))
+    cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "users-api")
+    check = cluster["health_checks"][0]
+    assert {k: v for k, v in check.items() if k.endswith("_health_check")} == expected
+
+
+def test_stream_knobs_replace_the_route_timeout_on_egress_and_ingress():
+    manifest = ("service: foo\n"
+                "ingress: {port: 9211, app_port: 18081, max_stream_duration_ms: 600000, stream_idle_timeout_ms: 30000}\n"
+                "upstreams:\n  - {service: users-api, max_stream_duration_ms: 120000}\n  - {service: legacy}\n")
+    pillar = {"services": {"users-api": {"type": "http2", "hosts": ["10.0.0.1:80"]}, "legacy": {"hosts": ["10.0.0.2:80"]}},
+              "defaults": {"upstreams": {"per_try_timeout_ms": 500}}}
+    found = listeners(generate([("/etc/envoy/manifest.d/foo.yaml", manifest)], pillar, HOST))
+
+    def route(listener, vhost):
+        config = found[listener]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+        return next(v for v in config["virtual_hosts"] if v["name"] == vhost)["routes"][0]["route"]
+
+    stream = route("egress", "users-api")
+    assert stream["timeout"] == "0.000s" and "per_try_timeout" not in stream.get("retry_policy", {})
+    assert stream["max_stream_duration"] == {"max_stream_duration": "120.000s", "grpc_timeout_header_max": "120.000s"}
+    assert "idle_timeout" not in stream  # the connection manager's stream_idle_timeout (300 s) applies
+    unary = route("egress", "legacy")  # unchanged: the default route timeout and per-try timeout
+    assert unary["timeout"] == "15.000s" and unary["retry_policy"]["per_try_timeout"] == "0.500s"
+    assert "max_stream_duration" not in unary and "idle_timeout" not in unary
+    ingress = route("ingress_foo", "local_foo")
+    assert (ingress["timeout"], ingress["idle_timeout"]) == ("0.000s", "30.000s")
+    assert ingress["max_stream_duration"]["max_stream_duration"] == "600.000s"

@@ -6,6 +6,7 @@ from .model import build_model
 from .policy import (
     check_manifest_bounds,
     check_manifest_references,
+    check_manifest_streams,
     check_manifests_together,
     check_pillar_policy,
     check_ports,
@@ -29,6 +30,7 @@ def generate(manifests, pillar, host):
         if overridable is not None:
             check_manifest_bounds(manifest, overridable, problems)
         check_manifest_references(manifest, net["services"], discovery, problems)
+        check_manifest_streams(manifest, problems)
     check_manifests_together(valid, problems)
     check_roles_fit(valid, net["roles"], problems)
     check_ports(valid, net, host_facts, problems)

@@ -3,7 +3,8 @@ From checked inputs to the plain data the templates render: listeners and cluste
 default applied, sorted wherever Envoy does not care about order, so equal inputs give equal bytes.
 """
 
-from .policy import HTTP_TYPES
+from .policy import HTTP_TYPES, health_check_protocol
+from .specs import STREAM_KNOBS
 
 REDIRECT_CODE_NAMES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER",
                        307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}
@@ -109,6 +110,11 @@ class ModelBuilder:
         if health and entry["type"] in HTTP_TYPES and entry.get("health_check", upstream["health_check"]["enabled"]):
             health_check = dict(upstream["health_check"])
             health_check["path"] = entry.get("health_check_path") or health_check["path"]
+            # grpc: gRPC's health protocol; http: a GET, over HTTP/2 for an http2 service (Envoy's
+            # health checker speaks HTTP/1.1 unless told otherwise, which an h2c-only server refuses).
+            health_check["protocol"] = health_check_protocol(entry)
+            health_check["http2"] = entry["type"] == "http2"
+            health_check["grpc_service"] = entry.get("health_check_grpc_service")
         outlier = upstream["outlier_detection"] if entry["type"] in HTTP_TYPES else None
         eds = entry["discovery"] == "eds"
         self.clusters[name] = {
@@ -157,9 +163,15 @@ class ModelBuilder:
                 "routes": [{"name": name, "match": {"kind": "prefix", "value": "/", "headers": []}, "route": action}]}
 
     def route_action(self, cluster, settings):
+        # A long-lived stream is bounded by max_stream_duration (and by a gRPC client's deadline, up to
+        # it) and by its idle timeout. The route and per-try timeouts cover a whole response, so they
+        # are off for a stream; without max_stream_duration_ms nothing changes for unary calls.
+        stream = settings.get("max_stream_duration_ms")
         return {
-            "cluster": cluster, "timeout_ms": settings["timeout_ms"], "retries": settings["retries"],
-            "retry_on": settings["retry_on"], "per_try_timeout_ms": settings.get("per_try_timeout_ms"),
+            "cluster": cluster, "timeout_ms": 0 if stream else settings["timeout_ms"],
+            "max_stream_duration_ms": stream, "stream_idle_timeout_ms": settings.get("stream_idle_timeout_ms"),
+            "retries": settings["retries"], "retry_on": settings["retry_on"],
+            "per_try_timeout_ms": None if stream else settings.get("per_try_timeout_ms"),
             "host_rewrite": settings.get("host_rewrite"), "prefix_rewrite": settings.get("prefix_rewrite"),
         }
 
@@ -169,12 +181,13 @@ class ModelBuilder:
         local = f"local_{service}"
         self.clusters[local] = {
             "name": local, "type": "STATIC", "connect_timeout_ms": settings["connect_timeout_ms"],
-            "lb_policy": "ROUND_ROBIN", "http2": False, "endpoints": [("127.0.0.1", ingress["app_port"])],
+            "lb_policy": "ROUND_ROBIN", "http2": ingress["app_protocol"] == "http2",
+            "endpoints": [("127.0.0.1", ingress["app_port"])],
             "circuit_breakers": dict(settings["circuit_breakers"]), "outlier": None, "health_check": None,
             "eds_service": None,
         }
-        route = {"cluster": local, "timeout_ms": settings["timeout_ms"], "retries": 0, "retry_on": None,
-                 "per_try_timeout_ms": None, "host_rewrite": None, "prefix_rewrite": None}
+        route = self.route_action(local, {key: settings.get(key) for key in ("timeout_ms", *STREAM_KNOBS)}
+                                  | {"retries": 0, "retry_on": None})
         vhost = {"name": local, "domains": ["*"],
                  "routes": [{"name": local, "match": {"kind": "prefix", "value": "/", "headers": []}, "route": route}]}
         self.listeners.append({
@@ -209,6 +222,11 @@ class ModelBuilder:
     def add_front(self):
         front = self.net["listeners"]["front"]
         tls = self.net["tls"]
+        # A redirect to HTTPS goes to this edge's https_port. Envoy keeps the port the client sent
+        # unless told one (port_redirect), except :80 when switching to https; so only the standard
+        # pair 80/443 can leave the port out of the Location.
+        standard = front["https_port"] == 443 and front["http_port"] == 80
+        self.https_redirect_port = None if standard else front["https_port"]
         health_check = {"path": front["health_check"], "pass_through": False}
         self.listeners.append({
             "kind": "http", "name": "front_http", "address": front["address"], "port": front["http_port"], "tls": None,
@@ -247,10 +265,12 @@ class ModelBuilder:
                     "value": h.get("exact", h.get("regex"))} for h in match.get("headers", [])]
         out = {"name": route["name"], "match": {"kind": kind, "value": match[kind], "headers": headers}}
         if plain_http and route["https_only"]:
-            out["redirect"] = {"https": True, "host": None, "path": None, "prefix": None, "code": None}
+            out["redirect"] = {"https": True, "port": self.https_redirect_port, "host": None, "path": None,
+                               "prefix": None, "code": None}
         elif "redirect" in route:
             redirect = route["redirect"]
-            out["redirect"] = {"https": redirect["https"], "host": redirect.get("host"), "path": redirect.get("path"),
+            out["redirect"] = {"https": redirect["https"], "port": self.https_redirect_port if redirect["https"] else None,
+                               "host": redirect.get("host"), "path": redirect.get("path"),
                                "prefix": redirect.get("prefix"),
                                "code": REDIRECT_CODE_NAMES.get(redirect.get("code"))}
         else:
@@ -259,7 +279,7 @@ class ModelBuilder:
             self.add_catalogue_cluster(name, settings, settings["circuit_breakers"])
             settings = merged(settings, {k: route[k] for k in ("timeout_ms", "retries", "retry_on",
                                                                 "per_try_timeout_ms", "host_rewrite",
-                                                                "prefix_rewrite") if k in route})
+                                                                "prefix_rewrite", *STREAM_KNOBS) if k in route})
             out["route"] = self.route_action(name, settings)
         return out
 

@@ -7,7 +7,7 @@ sense. Every check reports through ``Where`` and keeps going, so one run lists e
 import re
 
 from .schema import INVALID, Where
-from .specs import BUILTIN_OVERRIDABLE, MANIFEST, MANIFEST_SECTIONS, tunable_paths
+from .specs import BUILTIN_OVERRIDABLE, MANIFEST, MANIFEST_SECTIONS, STREAM_KNOBS, tunable_paths
 
 HTTP_TYPES = ("http", "http2")
 DATABASE_TYPES = ("mongo", "tcp")
@@ -76,9 +76,32 @@ def check_catalogue(services, problems):
                                "must be an IPv4 address with a port for discovery static "
                                "(use discovery: strict_dns for DNS names)", host)
         if entry["type"] not in HTTP_TYPES:
-            for key in ("health_check", "health_check_path"):
+            for key in ("health_check", "health_check_protocol", "health_check_path", "health_check_grpc_service"):
                 if key in entry:
                     where.fail(path + [key], f"applies to http services only, not type {entry['type']}")
+        else:
+            _check_health_check_protocol(name, entry, path, where)
+
+
+def health_check_protocol(entry):
+    """How an http/http2 catalogue service is health checked: grpc by default for http2 (a gRPC
+    server answers gRPC's health protocol, not an HTTP/1.1 GET), http otherwise."""
+    return entry.get("health_check_protocol") or ("grpc" if entry["type"] == "http2" else "http")
+
+
+def _check_health_check_protocol(name, entry, path, where):
+    protocol = health_check_protocol(entry)
+    if entry.get("health_check_protocol") == "grpc" and entry["type"] != "http2":
+        where.fail(path + ["health_check_protocol"], f"needs type http2 (gRPC runs over HTTP/2); {name} is "
+                   f"type {entry['type']}", "grpc")
+    if protocol == "grpc" and "health_check_path" in entry:
+        how = "the default for http2 services" if "health_check_protocol" not in entry else "health_check_protocol"
+        where.fail(path + ["health_check_path"], f"applies to health_check_protocol http, but {name} is checked "
+                   f"with gRPC's health protocol ({how}); set health_check_protocol: http for a GET of this "
+                   "path over HTTP/2, or leave the path out", entry["health_check_path"])
+    if protocol == "http" and "health_check_grpc_service" in entry:
+        where.fail(path + ["health_check_grpc_service"], f"applies to health_check_protocol grpc, but {name} is "
+                   "checked with an HTTP GET", entry["health_check_grpc_service"])
 
 
 def check_routes(routes, services, tls, problems):
@@ -86,34 +109,98 @@ def check_routes(routes, services, tls, problems):
         return
     where = Where.pillar(problems)
     names, domain_groups = {}, {}
-    has_certs = tls not in (None, INVALID) and bool(tls["certificates"])
+    # When envoy:tls itself is broken (already reported), whether there will be a certificate is
+    # unknown: saying "needs a certificate" would only be a consequence of that first problem.
+    has_certs = None if tls is INVALID else bool(tls and tls["certificates"])
     for index, route in enumerate(routes):
         path = ["routes", index]
         if route["name"] in names:
             where.fail(path + ["name"], f"is also the name of envoy:routes[{names[route['name']]}]", route["name"])
         names.setdefault(route["name"], index)
         group = tuple(route["domains"])
-        for domain in group:
+        for domain_index, domain in enumerate(group):
+            if ":" in domain:
+                where.fail(path + ["domains", domain_index], "has a port, but front listeners match a route's "
+                           "domains whatever port the client used (the port of the Host header is ignored): "
+                           f"list {domain.rsplit(':', 1)[0]} without the port", domain)
             other = domain_groups.setdefault(domain, group)
             if other != group:
                 where.fail(path + ["domains"], f"puts {domain} in two different domain lists "
                            f"({', '.join(other)} and {', '.join(group)}); list each domain with one set")
         _check_route_target(route, path, services, where)
         _check_route_match(route, path, where)
-        if route["https_only"] and not has_certs:
+        _check_stream_knobs(route, path, where, "route")
+        if route["https_only"] and has_certs is False:
             where.fail(path + ["https_only"], "needs a certificate in envoy:tls:certificates")
-        if route.get("redirect", {}).get("https") and not has_certs:
+        if route.get("redirect", {}).get("https") and has_certs is False:
             where.fail(path + ["redirect", "https"], "needs a certificate in envoy:tls:certificates")
+    _check_shadowed_routes(routes, where)
+
+
+def _check_stream_knobs(item, path, where, what):
+    """A stream is bounded by max_stream_duration_ms (and stream_idle_timeout_ms); the route timeout
+    and the per-try timeout measure a whole response, so they would cut it: never both."""
+    if "max_stream_duration_ms" not in item:
+        return
+    for key in ("timeout_ms", "per_try_timeout_ms"):
+        if key in item:
+            where.fail(path + [key], f"cannot be set with max_stream_duration_ms on the same {what}: a "
+                       f"{key.removesuffix('_ms').replace('_', ' ')} covers the whole response, so it would cut "
+                       "the stream; a stream is bounded by max_stream_duration_ms (and a gRPC client's deadline, "
+                       "up to that) and stream_idle_timeout_ms", item[key])
+
+
+def _check_shadowed_routes(routes, where):
+    """Routes match in order within one domain list (one virtual host): a route that an earlier one
+    always beats can never match. Regex matches cannot be judged and are left alone, except that
+    nothing comes after a plain `prefix: /`."""
+    groups = {}
+    for index, route in enumerate(routes):
+        earlier_routes = groups.setdefault(tuple(route["domains"]), [])
+        for earlier_index, earlier in earlier_routes:
+            reason = _covers(earlier["match"], route["match"])
+            if reason:
+                where.fail(["routes", index, "match"], f"of route {route['name']} can never match: "
+                           f"envoy:routes[{earlier_index}] ({earlier['name']}) comes first for the same domains "
+                           f"and {reason}; list the more specific route first")
+                break
+        earlier_routes.append((index, route))
+
+
+def _covers(earlier, later):
+    """Why every request ``later`` matches is matched by ``earlier`` too, or None."""
+    def headers(match):
+        return [{**h, "name": h["name"].lower()} for h in match.get("headers", [])]
+
+    later_headers = headers(later)
+    if any(header not in later_headers for header in headers(earlier)):
+        return None  # earlier asks for a header later does not: some requests reach later
+    if "prefix" in earlier:
+        prefix = earlier["prefix"]
+        if prefix == "/":
+            kind = next(k for k in ("prefix", "path", "regex") if k in later)
+            return f"its prefix / matches every path, {kind} {later[kind]} included"
+        for kind in ("prefix", "path"):
+            if kind in later and later[kind].startswith(prefix):
+                return f"its prefix {prefix} covers {kind} {later[kind]}"
+    elif "path" in earlier and later.get("path") == earlier["path"]:
+        return f"matches the same path {earlier['path']}"
+    return None
 
 
 def _check_route_target(route, path, services, where):
     if "redirect" in route:
-        for key in ("timeout_ms", "retries", "retry_on", "per_try_timeout_ms", "host_rewrite", "prefix_rewrite"):
+        for key in ("timeout_ms", "retries", "retry_on", "per_try_timeout_ms", "host_rewrite", "prefix_rewrite",
+                    *STREAM_KNOBS):
             if key in route:
                 where.fail(path + [key], "applies to routes to a service, not to redirects")
         redirect = route["redirect"]
         if "path" in redirect and "prefix" in redirect:
             where.fail(path + ["redirect"], "sets both path and prefix: choose one")
+        if redirect["https"] and not any(key in redirect for key in ("host", "path", "prefix")):
+            where.fail(path + ["redirect", "https"], "redirects every HTTPS request of this route to the same "
+                       "URL (a loop on the HTTPS listener); to send plain HTTP to HTTPS, set https_only: true "
+                       "on the route that serves this path")
         if "code" in redirect and redirect["code"] not in REDIRECT_CODES:
             where.fail(path + ["redirect", "code"], "must be one of " + ", ".join(map(str, REDIRECT_CODES)),
                        redirect["code"])
@@ -229,6 +316,16 @@ def check_manifest_references(manifest, services, discovery, problems):
             elif entry["discovery"] == "eds" and discovery is None:
                 where.fail(path, f"uses eds service {name}, but pillar envoy:discovery:address "
                            "(where Envoy reaches the discovery service) is not set", name)
+
+
+def check_manifest_streams(manifest, problems):
+    """Stream knobs replace the route timeout: a manifest may not ask for both on one upstream or ingress."""
+    where = Where.manifest(problems, manifest.path)
+    ingress = manifest.data.get("ingress")
+    if ingress:
+        _check_stream_knobs(ingress, ["ingress"], where, "ingress")
+    for index, upstream in enumerate(manifest.data.get("upstreams") or []):
+        _check_stream_knobs(upstream, ["upstreams", index], where, "upstream")
 
 
 # --- the host as a whole --------------------------------------------------------------------------

@@ -25,6 +25,9 @@ ABS_PATH = Str(r"/[^\x00\n]*", shape="an absolute path")
 URL_PATH = Str(r"/[^\s]*", shape="a URL path starting with /")
 DOMAIN = Str(r"\*|(\*[.-])?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]+)?",
              shape="a domain such as www.example.com, *.example.com or *")
+# gRPC's full service name as its health protocol knows it (package.Service), e.g. grpc.health.v1.Health.
+GRPC_SERVICE = Str(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*",
+                   shape="a full gRPC service name such as pricing.v1.Pricing", max_len=255)
 MS = 3_600_000  # an hour: the hard ceiling of any timeout, whatever the pillar says
 
 
@@ -55,14 +58,20 @@ MANIFEST = Map({
     "ingress": Field(Map({
         "port": Field(Port(), required=True),
         "app_port": Field(Port(), required=True),
+        # What the local app speaks: http (HTTP/1.1) or http2 (h2c: a gRPC server).
+        "app_protocol": Field(Str(choices=["http", "http2"]), default="http"),
         "health_check": Field(URL_PATH, default="/healthcheck"),
         "timeout_ms": Field(ms(tunable=True)),
+        "max_stream_duration_ms": Field(ms(tunable=True)),
+        "stream_idle_timeout_ms": Field(ms(tunable=True)),
         "circuit_breakers": Field(INGRESS_BREAKERS),
     })),
     "upstreams": Field(ListOf(Map({
         "service": Field(NAME, required=True),
         "timeout_ms": Field(ms(tunable=True)),
         "per_try_timeout_ms": Field(ms(tunable=True)),
+        "max_stream_duration_ms": Field(ms(tunable=True)),
+        "stream_idle_timeout_ms": Field(ms(tunable=True)),
         "connect_timeout_ms": Field(ms(tunable=True)),
         "retries": Field(Int(0, 10, tunable=True)),
         "circuit_breakers": Field(UPSTREAM_BREAKERS),
@@ -83,6 +92,9 @@ MANIFEST = Map({
     }))),
 })
 MANIFEST_SECTIONS = ("ingress", "upstreams", "databases", "caches")
+# The knobs of a long-lived stream (gRPC streaming, long polls, server-sent events): the route
+# timeout covers a whole response, so a stream takes these instead (docs/manifest.md, Streams).
+STREAM_KNOBS = ("max_stream_duration_ms", "stream_idle_timeout_ms")
 
 
 # --- the network team's pillar ------------------------------------------------------------------
@@ -118,9 +130,13 @@ OVERRIDABLE = Map({name: Field(bounds_spec(_section(name))) for name in MANIFEST
 # Which manifest knobs a service may turn, and how far, when the pillar says nothing.
 BUILTIN_OVERRIDABLE = {
     "ingress": {"timeout_ms": {"min": 100, "max": 60000},
+                "max_stream_duration_ms": {"min": 1000, "max": 3_600_000},
+                "stream_idle_timeout_ms": {"min": 1000, "max": 3_600_000},
                 "circuit_breakers": {"max_requests": {"min": 1, "max": 10000}}},
     "upstreams": {"timeout_ms": {"min": 10, "max": 60000},
                   "per_try_timeout_ms": {"min": 10, "max": 60000},
+                  "max_stream_duration_ms": {"min": 1000, "max": 3_600_000},
+                  "stream_idle_timeout_ms": {"min": 1000, "max": 3_600_000},
                   "retries": {"min": 0, "max": 3},
                   "circuit_breakers": {"max_requests": {"min": 1, "max": 10000}}},
     "databases": {"max_connections": {"min": 1, "max": 1000},
@@ -190,7 +206,12 @@ SERVICE = Map({
     "discovery": Field(Str(choices=["static", "strict_dns", "eds"]), default="static"),
     "hosts": Field(ListOf(HostPort(), max_len=1000)),
     "health_check": Field(Bool()),
+    # How active health checks talk to this service. http: a GET of health_check_path (over HTTP/2
+    # for http2 services); grpc: gRPC's own health protocol (grpc.health.v1.Health/Check), the
+    # default for http2 services, asking about health_check_grpc_service ("" = the whole server).
+    "health_check_protocol": Field(Str(choices=["http", "grpc"])),
     "health_check_path": Field(URL_PATH),
+    "health_check_grpc_service": Field(GRPC_SERVICE),
     "lb_policy": Field(Str(choices=LB_POLICIES)),
 })
 
@@ -221,6 +242,8 @@ ROUTE = Map({
     "service": Field(NAME),
     "redirect": Field(REDIRECT),
     "timeout_ms": Field(Int(0, MS)),
+    "max_stream_duration_ms": Field(ms()),
+    "stream_idle_timeout_ms": Field(ms()),
     "retries": Field(Int(0, 10)),
     "retry_on": Field(DEFAULTS.fields["upstreams"].spec.fields["retry_on"].spec),
     "per_try_timeout_ms": Field(ms()),
