@@ -331,6 +331,9 @@ def _upstream_error(service: str, method: str, path: str, response: requests.Res
     if response.status_code == 504 and flags and "UT" in flags:
         return UpstreamTimeoutError(*args, timeout_ms=policy.timeout_ms, per_try_timeout_ms=policy.per_try_timeout_ms,
                                     retries=policy.retries, timeout_source=policy.sources.get("timeout_ms", ""))
+    if flags == ("URX",):
+        return UpstreamError(*args, detail=(f"The status came from the upstream service itself, on the last of "
+                                            f"{policy.retries + 1} tries"))
     return UpstreamError(*args)
 
 

@@ -30,7 +30,7 @@ RESPONSE_FLAGS: dict[str, str] = {
     "UF": "upstream connection failure",
     "UO": "upstream overflow: a circuit breaker is open",
     "NR": "no route: the egress has no virtual host or route for this service",
-    "URX": "retry limit reached (or connect attempts exhausted)",
+    "URX": "retry limit reached",
     "NC": "upstream cluster not found",
     "DT": "request or connection exceeded max_connection_duration / max_stream_duration",
     "DC": "downstream (caller) connection terminated",

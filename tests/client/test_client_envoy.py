@@ -291,3 +291,14 @@ def test_config_reload_when_client_json_changes(mesh, tmp_path, uid):
         assert client.get_json("bar", f"/echo?{uid}-3")["headers"]["x-envoy-expected-rq-timeout-ms"] == "3000"
     finally:
         client.close()
+
+
+def test_retry_on_adds_to_the_routes_own_conditions(mesh, uid):
+    """x-envoy-retry-on is merged with the route's retry_on (Envoy ORs them): on qux, whose route
+    retries on 5xx, retry_on="reset" still retries a 503; on bar (no route policy) it does not."""
+    with pytest.raises(UpstreamError):
+        mesh.client.get("qux", f"/status/503?{uid}", retry_on="reset", retries=1)
+    assert mesh.recorders["qux"].count(f"/status/503?{uid}") == 2
+    with pytest.raises(UpstreamError):
+        mesh.client.get("bar", f"/status/503?{uid}", retry_on="reset", retries=1)
+    assert mesh.recorders["bar"].count(f"/status/503?{uid}") == 1
