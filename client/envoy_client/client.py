@@ -240,8 +240,10 @@ class Client:
         :class:`InvalidJSONError`."""
         if body is not _MISSING:
             kwargs["json"] = body
+        if "raise_for_status" in kwargs:
+            raise TypeError("the JSON helpers always raise on 4xx/5xx: use request(..., raise_for_status=False) "
+                            "to look at an error response")
         headers = {"accept": "application/json", **(kwargs.pop("headers", None) or {})}
-        kwargs.pop("raise_for_status", None)
         response = self.request(method, service, path, headers=headers, **kwargs)
         if response.status_code == 204 or not response.content:
             return None

@@ -6,6 +6,8 @@ the headers a policy sends.
 
 import json
 import re
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -13,8 +15,10 @@ import envoy_client
 import pytest
 from envoy_client import (
     Client,
+    ClientTimeoutError,
     ConfigError,
     DeadlineExceededError,
+    EgressConnectionError,
     Policy,
     load_config,
     parse_config,
@@ -328,3 +332,61 @@ def test_readme_client_json_example_is_valid():
     assert blocks, "client/README.md has no ```json block"
     for block in blocks:
         parse_config(json.loads(block), "client/README.md")
+
+
+# --- Envoy misbehaving (stand-ins: a socket that closes at once, one that never answers) ---------
+
+@pytest.fixture
+def raw_server():
+    servers = []
+
+    def start(behaviour):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        held = []
+
+        def serve():
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    return
+                conn.recv(65536)
+                if behaviour == "close":
+                    conn.close()
+                else:
+                    held.append(conn)  # never answers
+
+        threading.Thread(target=serve, daemon=True).start()
+        servers.append((sock, held))
+        return sock.getsockname()[1]
+
+    yield start
+    for sock, held in servers:
+        sock.close()
+        for conn in held:
+            conn.close()
+
+
+def test_connection_closed_by_envoy_is_egress_connection_error(raw_server):
+    port = raw_server("close")
+    with Client(egress=f"127.0.0.1:{port}") as client, pytest.raises(EgressConnectionError) as caught:
+        client.get("bar", "/", headers={"x-request-id": "rid-closed"})
+    message = str(caught.value)
+    assert f"the connection to the egress 127.0.0.1:{port} broke before Envoy answered" in message
+    assert "rid-closed" in message and "RemoteDisconnected" in message
+
+
+def test_envoy_not_answering_is_the_clients_own_timeout(raw_server):
+    port = raw_server("hang")
+    with Client(egress=f"127.0.0.1:{port}", grace_s=0.1) as client, pytest.raises(ClientTimeoutError) as caught:
+        client.get("bar", "/", timeout_ms=100)
+    assert caught.value.whose == "client"
+    assert caught.value.seconds == pytest.approx(0.2)
+    assert "did not answer the call to service 'bar' within 0.2 s (the client's own safety timeout" in str(caught.value)
+
+
+def test_json_helpers_refuse_raise_for_status():
+    with Client(egress="127.0.0.1:9") as client, pytest.raises(TypeError, match="always raise"):
+        client.get_json("bar", "/", raise_for_status=False)
