@@ -14,11 +14,12 @@ Lookup order (the first that applies wins; :func:`load_config` returns where it 
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -307,8 +308,6 @@ def load_config(config_path: str | os.PathLike[str] | None = None, egress: str |
 
 
 def _replace_source(config: ClientConfig, source: str) -> ClientConfig:
-    from dataclasses import replace
-
     return replace(config, source=source)
 
 
@@ -346,7 +345,5 @@ def _kind(value: Any) -> str:
 
 
 def _close(key: str, allowed: tuple[str, ...]) -> str | None:
-    import difflib
-
     matches = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
     return matches[0] if matches else None

@@ -87,9 +87,7 @@ def wsgi_server(mesh):
 
 @pytest.fixture(scope="module")
 def asgi_server(mesh):
-    server = ASGIServer(ASGIMiddleware(calling_asgi_app(mesh.client)))
-    server.port = mesh.app_ports["asgi"]
-    server.start()
+    server = ASGIServer(ASGIMiddleware(calling_asgi_app(mesh.client)), port=mesh.app_ports["asgi"]).start()
     yield server
     server.stop()
 

@@ -274,9 +274,9 @@ class ASGIServer:
     """Serves an ASGI 3 app over HTTP/1.1 on 127.0.0.1 in a thread with its own event loop: one
     request per connection, no request body. Enough for an app behind the test ingress."""
 
-    def __init__(self, app):
+    def __init__(self, app, port=None):
         self.app = app
-        self.port = free_port()
+        self.port = port or free_port()
         self.loop = asyncio.new_event_loop()
         self._server = None
         self._thread = threading.Thread(target=self._run, name="asgi-server", daemon=True)
