@@ -84,7 +84,6 @@ class Client:
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
-        self._base = f"http://{self._config.egress}"
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -131,7 +130,6 @@ class Client:
             self._fingerprint = fingerprint
             self._config = config
             self._resolved = {}
-            self._base = f"http://{config.egress}"
             log.info("envoy_client: configuration reloaded from %s", config.source)
 
     def _defaults_for(self, service: str) -> ResolvedDefaults:
@@ -197,7 +195,7 @@ class Client:
         kwargs.setdefault("allow_redirects", False)
         read_timeout = policy.timeout_ms / 1000.0 + self._grace_s
         try:
-            response = self._session.request(method.upper(), self._base + path, headers=send,
+            response = self._session.request(method.upper(), f"http://{config.egress}{path}", headers=send,
                                              timeout=(self._connect_timeout_s, read_timeout), **kwargs)
         except requests.exceptions.ConnectTimeout as exc:
             raise NoEgressError(service, config.address, config.port, config.source, exc) from exc
