@@ -1,5 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Every target creates or
-# refreshes .venv first (idempotent: pip runs again only when pyproject.toml changed).
+# refreshes .venv first (idempotent: pip runs again only when pyproject.toml or client/pyproject.toml
+# changed). The venv also holds the client library (client/, installed editable).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,16 +10,17 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,lint]' -e ./client
 	@touch $@
 
 test: venv
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check _modules _states _utils bundle discovery tests benchmarks demo
+	$(BIN)/ruff check _modules _states _utils bundle discovery client tests benchmarks demo
+	$(BIN)/mypy --config-file client/pyproject.toml client/envoy_client
 	$(BIN)/yamllint -s .
 	$(BIN)/salt-lint $$(find salt pillar -name '*.sls')
 	$(BIN)/python -m tests.show_sls
