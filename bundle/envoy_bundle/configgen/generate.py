@@ -13,7 +13,7 @@ from .policy import (
     check_roles_fit,
 )
 from .render import render
-from .schema import INVALID, Where
+from .schema import INVALID, Where, indexed
 
 
 def generate(manifests, pillar, host):
@@ -46,7 +46,7 @@ def check_front_eds(net, discovery, problems):
     roles, routes, services = net["roles"], net["routes"], net["services"]
     if discovery is not None or INVALID in (roles, routes, services) or "front" not in roles:
         return
-    for index, route in enumerate(routes):
+    for index, route in indexed(routes):
         entry = services.get(route.get("service"))
         if entry and entry["discovery"] == "eds":
             Where.pillar(problems).fail(["routes", index, "service"], "is an eds service, but "

@@ -6,7 +6,7 @@ sense. Every check reports through ``Where`` and keeps going, so one run lists e
 
 import re
 
-from .schema import INVALID, Where
+from .schema import INVALID, Where, indexed, known_but_invalid
 from .specs import BUILTIN_OVERRIDABLE, MANIFEST, MANIFEST_SECTIONS, STREAM_KNOBS, tunable_paths
 
 HTTP_TYPES = ("http", "http2")
@@ -50,7 +50,7 @@ def check_roles(roles, problems):
     where = Where.pillar(problems)
     if not roles:
         where.fail(["roles"], "must name at least one role: sidecar, front")
-    for index, role in enumerate(roles):
+    for index, role in indexed(roles):
         if role in roles[:index]:
             where.fail(["roles", index], "is listed twice", role)
 
@@ -70,7 +70,7 @@ def check_catalogue(services, problems):
         elif not hosts:
             where.fail(path + ["hosts"], f"is required for discovery {entry['discovery']} (a list of host:port)")
         elif entry["discovery"] == "static":
-            for index, host in enumerate(hosts):
+            for index, host in indexed(hosts):
                 if not re.fullmatch(r"[0-9.]+:[0-9]+", host):
                     where.fail(path + ["hosts", index],
                                "must be an IPv4 address with a port for discovery static "
@@ -112,13 +112,15 @@ def check_routes(routes, services, tls, problems):
     # When envoy:tls itself is broken (already reported), whether there will be a certificate is
     # unknown: saying "needs a certificate" would only be a consequence of that first problem.
     has_certs = None if tls is INVALID else bool(tls and tls["certificates"])
-    for index, route in enumerate(routes):
+    if tls not in (None, INVALID) and not tls["certificates"] and getattr(tls["certificates"], "incomplete", False):
+        has_certs = None
+    for index, route in indexed(routes):
         path = ["routes", index]
         if route["name"] in names:
             where.fail(path + ["name"], f"is also the name of envoy:routes[{names[route['name']]}]", route["name"])
         names.setdefault(route["name"], index)
         group = tuple(route["domains"])
-        for domain_index, domain in enumerate(group):
+        for domain_index, domain in indexed(group):
             if ":" in domain:
                 where.fail(path + ["domains", domain_index], "has a port, but front listeners match a route's "
                            "domains whatever port the client used (the port of the Host header is ignored): "
@@ -155,7 +157,7 @@ def _check_shadowed_routes(routes, where):
     always beats can never match. Regex matches cannot be judged and are left alone, except that
     nothing comes after a plain `prefix: /`."""
     groups = {}
-    for index, route in enumerate(routes):
+    for index, route in indexed(routes):
         earlier_routes = groups.setdefault(tuple(route["domains"]), [])
         for earlier_index, earlier in earlier_routes:
             reason = _covers(earlier["match"], route["match"])
@@ -208,6 +210,8 @@ def _check_route_target(route, path, services, where):
     if services in (None, INVALID):
         return
     entry = services.get(route["service"])
+    if entry is None and known_but_invalid(services, route["service"]):
+        return  # its catalogue entry is reported already
     if entry is None:
         where.fail(path + ["service"], "is not in the service catalogue envoy:services", route["service"])
     elif entry["type"] not in HTTP_TYPES:
@@ -217,7 +221,7 @@ def _check_route_target(route, path, services, where):
 
 def _check_route_match(route, path, where):
     patterns = [(["match", "regex"], route["match"].get("regex"))]
-    for index, header in enumerate(route["match"].get("headers", [])):
+    for index, header in indexed(route["match"].get("headers", [])):
         patterns.append((["match", "headers", index, "regex"], header.get("regex")))
     for field, pattern in patterns:
         if pattern is None:
@@ -233,7 +237,7 @@ def check_tls(tls, problems):
         return
     where = Where.pillar(problems)
     names, server_names, defaults = set(), {}, []
-    for index, cert in enumerate(tls["certificates"]):
+    for index, cert in indexed(tls["certificates"]):
         path = ["tls", "certificates", index]
         if cert["name"] in names:
             where.fail(path + ["name"], "is used by another certificate", cert["name"])
@@ -267,7 +271,7 @@ def check_manifest_bounds(manifest, overridable, problems):
         value = manifest.data.get(section)
         if not value:
             continue
-        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        items = list(indexed(value)) if isinstance(value, list) else [(None, value)]
         allowed = overridable.get(section) or {}
         for index, item in items:
             prefix = [section] if index is None else [section, index]
@@ -296,7 +300,7 @@ def check_manifest_references(manifest, services, discovery, problems):
               ("caches", "name", ("redis",)))
     for section, key, types in wanted:
         seen = {}
-        for index, item in enumerate(manifest.data.get(section) or []):
+        for index, item in indexed(manifest.data.get(section) or []):
             name, path = item[key], [section, index, key]
             if name in seen:
                 where.fail(path, f"is listed twice in {section} (also {section}[{seen[name]}])", name)
@@ -305,6 +309,8 @@ def check_manifest_references(manifest, services, discovery, problems):
             if services in (None, INVALID):
                 continue
             entry = services.get(name)
+            if entry is None and known_but_invalid(services, name):
+                continue  # its catalogue entry is reported already
             if entry is None:
                 where.fail(path, "is not in the service catalogue envoy:services", name)
             elif entry["type"] not in types:
@@ -324,7 +330,7 @@ def check_manifest_streams(manifest, problems):
     ingress = manifest.data.get("ingress")
     if ingress:
         _check_stream_knobs(ingress, ["ingress"], where, "ingress")
-    for index, upstream in enumerate(manifest.data.get("upstreams") or []):
+    for index, upstream in indexed(manifest.data.get("upstreams") or []):
         _check_stream_knobs(upstream, ["upstreams", index], where, "upstream")
 
 
@@ -337,7 +343,7 @@ def check_manifests_together(manifests, problems):
         where = Where.manifest(problems, manifest.path)
         claims = [("service", manifest.service, ["service"])]
         claims += [(section, item["name"], [section, i, "name"])
-                   for section in ("databases", "caches") for i, item in enumerate(manifest.data.get(section) or [])]
+                   for section in ("databases", "caches") for i, item in indexed(manifest.data.get(section) or [])]
         for kind, name, path in claims:
             first = owners.setdefault((kind, name), manifest.path)
             if first != manifest.path:
@@ -350,7 +356,7 @@ def _check_shared_upstreams(manifests, problems):
     # calls it must ask for the same settings.
     first = {}
     for manifest in manifests:
-        for index, item in enumerate(manifest.data.get("upstreams") or []):
+        for index, item in indexed(manifest.data.get("upstreams") or []):
             seen = first.setdefault(item["service"], (manifest.path, item))
             if seen[1] != item and seen[0] != manifest.path:  # same file: reported as listed twice
                 Where.manifest(problems, manifest.path).fail(
@@ -387,7 +393,7 @@ def check_ports(manifests, net, host, problems):
             claims.append((ingress["port"], where, ["ingress", "port"]))
             claims.append((ingress["app_port"], where, ["ingress", "app_port"]))
         for section in ("databases", "caches"):
-            for index, item in enumerate(manifest.data.get(section) or []):
+            for index, item in indexed(manifest.data.get(section) or []):
                 claims.append((item["listen_port"], where, [section, index, "listen_port"]))
     taken = {}
     for port, where, path in claims:

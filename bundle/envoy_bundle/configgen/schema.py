@@ -33,6 +33,13 @@ class Where:
     def host(cls, problems):
         return cls(problems, "host facts: ", ".")
 
+    @classmethod
+    def silent(cls):
+        """Checks whose problems were already reported (a default standing in for a bad value)."""
+        from .errors import Problems
+
+        return cls(Problems(), "", ".")
+
     def field(self, path):
         out = ""
         for part in path:
@@ -198,7 +205,12 @@ class Field:
 
 
 class Map(Spec):
-    """A mapping with known fields. ``one_of``: groups of which exactly one field must be set."""
+    """A mapping with known fields. ``one_of``: groups of which exactly one field must be set.
+
+    One mistake must not hide the others: an unknown field is reported and the known ones are still
+    checked, and a bad optional field is reported and left at its default, so the checks that look
+    across fields and files (bounds, the catalogue, ports) still run. Only a map whose required or
+    one-of fields are missing or bad is INVALID as a whole."""
 
     def __init__(self, fields, one_of=(), doc=""):
         self.fields, self.one_of, self.doc = fields, one_of, doc
@@ -211,15 +223,17 @@ class Map(Spec):
         for key in sorted(value, key=str):
             if key not in self.fields:
                 where.fail(list(path) + [key], unknown_field_text(key, self.fields))
-                ok = False
+        essential = {name for group in self.one_of for name in group}
         for name, field in self.fields.items():
             # `key:` with nothing after it (None) means not set, as Salt pillars often have it.
             if value.get(name) is not None:
                 cleaned = field.spec.check(value[name], list(path) + [name], where)
-                if cleaned is INVALID:
-                    ok = False
-                else:
+                if cleaned is not INVALID:
                     out[name] = cleaned
+                elif field.required or name in essential:
+                    ok = False
+                elif field.has_default:  # reported; the rest is checked as if it were not set
+                    out[name] = field.check_default(list(path) + [name], Where.silent())
             elif field.required:
                 where.fail(list(path) + [name], "is required")
                 ok = False
@@ -240,7 +254,24 @@ def unknown_field_text(key, fields):
     return f"is not a known field{hint}; known fields: {', '.join(fields)}"
 
 
+class CheckedList(list):
+    """The valid items of a checked list; ``positions`` are their indexes in the input, so messages
+    about later checks still name the entry the user wrote (routes[3], not routes[2])."""
+
+    def __init__(self, items, positions, length):
+        super().__init__(items)
+        self.positions = list(positions)
+        self.incomplete = len(self.positions) < length  # some entries were bad (and reported)
+
+
+def indexed(items):
+    """(index in the input, item) of a checked list (enumerate for a plain one)."""
+    return zip(getattr(items, "positions", range(len(items))), items)
+
+
 class ListOf(Spec):
+    """A list of one spec. A bad entry is reported and left out; the others are still checked."""
+
     def __init__(self, item, max_len=None, doc=""):
         self.item, self.max_len, self.doc = item, max_len, doc
 
@@ -251,12 +282,27 @@ class ListOf(Spec):
         if self.max_len is not None and len(value) > self.max_len:
             where.fail(path, f"has {len(value)} entries, more than the maximum {self.max_len}")
             return INVALID
-        cleaned = [self.item.check(item, list(path) + [i], where) for i, item in enumerate(value)]
-        return INVALID if any(c is INVALID for c in cleaned) else cleaned
+        cleaned = [(i, self.item.check(item, list(path) + [i], where)) for i, item in enumerate(value)]
+        kept = [(i, c) for i, c in cleaned if c is not INVALID]
+        return CheckedList([c for _, c in kept], [i for i, _ in kept], len(value))
+
+
+class CheckedDict(dict):
+    """The valid entries of a checked mapping; ``invalid``: names of entries already reported as
+    bad, so a reference to one is not reported again as missing."""
+
+    def __init__(self, items, invalid):
+        super().__init__(items)
+        self.invalid = set(invalid)
+
+
+def known_but_invalid(mapping, name):
+    return name in getattr(mapping, "invalid", ())
 
 
 class DictOf(Spec):
-    """A mapping of names (matching ``key``) to values of one spec, e.g. the service catalogue."""
+    """A mapping of names (matching ``key``) to values of one spec, e.g. the service catalogue. A bad
+    entry is reported and left out; the others are still checked."""
 
     def __init__(self, key, value, doc=""):
         self.key, self.value, self.doc = key, value, doc
@@ -265,17 +311,17 @@ class DictOf(Spec):
         if not isinstance(value, dict):
             where.fail(path, f"must be a mapping, not {type_name(value)}", value)
             return INVALID
-        ok, out = True, {}
+        out, invalid = {}, []
         for name in sorted(value, key=str):
             if self.key.check(name, list(path) + [name], where) is INVALID:
-                ok = False
+                invalid.append(name)
                 continue
             cleaned = self.value.check(value[name], list(path) + [name], where)
             if cleaned is INVALID:
-                ok = False
+                invalid.append(name)
             else:
                 out[name] = cleaned
-        return out if ok else INVALID
+        return CheckedDict(out, invalid)
 
 
 def tunable_paths(spec, prefix=()):
