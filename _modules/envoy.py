@@ -47,10 +47,23 @@ def _overrides(kwargs):
 
 
 def _host(kwargs, pillar=None):
-    envoy = (pillar if pillar is not None else __pillar__).get("envoy") or {}
-    lookup = __salt__["config.get"]("envoy:lookup", {}) if pillar is None else None
+    """This host's settings from the minion's pillar, or from ``pillar`` when given; ``envoy:lookup``
+    in the minion's own config wins over pillar's either way (as config.get has it)."""
+    if pillar is None:
+        envoy, lookup = __pillar__.get("envoy") or {}, __salt__["config.get"]("envoy:lookup", {})
+    else:
+        envoy, lookup = pillar.get("envoy") or {}, (__opts__.get("envoy") or {}).get("lookup")
     return _lib().host_settings.resolve(envoy, lookup=lookup or None, grains=__grains__,
                                         overrides=_overrides(kwargs))
+
+
+def _next_highstate_pillar():
+    """Pillar as the next highstate will compile it (asked of the master afresh), not the copy this
+    minion holds in memory: judging a pillar edit must not answer about the previous pillar."""
+    try:
+        return __salt__["pillar.items"](unmask=True)  # Salt 3008 masks pillar values unless asked
+    except TypeError:  # Salt before 3008: no masking, no such argument
+        return __salt__["pillar.items"]()
 
 
 def _node_id():
@@ -161,8 +174,9 @@ def redact(text):
 def render(redact=True, **kwargs):
     """
     This host's Envoy config, rendered by the current bundle's generator from the manifests in
-    ``manifest_dir``, pillar ``envoy`` and the host facts. Private keys are redacted unless
-    ``redact=False``. Bad input raises an error naming the file and field.
+    ``manifest_dir``, pillar ``envoy`` (compiled afresh, as the next highstate will see it) and the
+    host facts. Private keys are redacted unless ``redact=False``. Bad input raises an error naming
+    the file and field.
 
     CLI Example:
 
@@ -171,8 +185,9 @@ def render(redact=True, **kwargs):
         salt-call envoy.render
         salt-call envoy.render redact=False --out txt
     """
-    host = _host(kwargs)
-    text = _lib().config_render.render(host, __pillar__.get("envoy") or {}, _node_id())
+    pillar = _next_highstate_pillar()
+    host = _host(kwargs, pillar)
+    text = _lib().config_render.render(host, pillar.get("envoy") or {}, _node_id())
     return _lib().redaction.hide_private_keys(text) if redact else text
 
 
@@ -180,8 +195,9 @@ def render(redact=True, **kwargs):
 def validate(path=None, **kwargs):
     """
     Check a config with the current bundle's ``envoy --mode validate`` (as the envoy user when run
-    as root). Without ``path``: this host's freshly rendered config. Returns ``ok`` and Envoy's own
-    error text (private keys redacted).
+    as root). Without ``path``: this host's config rendered afresh from its manifests and the pillar
+    the next highstate will use (compiled afresh, not the minion's in-memory copy). Returns ``ok``
+    and Envoy's own error text (private keys redacted).
 
     CLI Example:
 
@@ -190,14 +206,16 @@ def validate(path=None, **kwargs):
         salt-call envoy.validate
         salt-call envoy.validate path=/etc/envoy/envoy.yaml
     """
-    lib, host = _lib(), _host(kwargs)
+    lib = _lib()
     if path is not None:
         import os
 
         if not os.path.isfile(path):
             raise CommandExecutionError(f"{path}: no such file")
-        return lib.config_validate.validate_file(host, path)
-    text = lib.config_render.render(host, __pillar__.get("envoy") or {}, _node_id())
+        return lib.config_validate.validate_file(_host(kwargs), path)
+    pillar = _next_highstate_pillar()
+    host = _host(kwargs, pillar)
+    text = lib.config_render.render(host, pillar.get("envoy") or {}, _node_id())
     return lib.config_validate.validate_text(host, text)
 
 
@@ -294,17 +312,22 @@ def start(wait=True, **kwargs):
 
 
 @_salt_errors
-def stop(**kwargs):
+def stop(drain=False, **kwargs):
     """
-    Stop the supervisor and every envoy epoch (SIGTERM, SIGKILL after the stop timeout).
+    Stop the supervisor and every envoy epoch (SIGTERM, SIGKILL after the stop timeout). With
+    ``drain=True``, first fail the health check and wait ``envoy:restart:full_restart_drain_s``
+    (default: the drain time), so whatever health-checks this host stops sending to it: leaving the
+    fleet loses no request. The result's ``steps`` say what was done.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-call envoy.stop
+        salt-call envoy.stop drain=True
     """
-    return _lib().lifecycle.stop(_host(kwargs))
+    host = _host(kwargs)
+    return _lib().lifecycle.drain_then_stop(host) if drain else _lib().lifecycle.stop(host)
 
 
 @_salt_errors

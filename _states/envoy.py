@@ -286,15 +286,18 @@ def mod_watch(name, sfun=None, **kwargs):
 
 
 @_failures_as_result
-def dead(name):
+def dead(name, drain=True):
     """
-    Envoy and its supervisor are stopped (every epoch drained by the restarter, then killed after the
-    stop timeout), and no envoy of this host is left behind. The ``clean`` side of ``running``.
+    Envoy and its supervisor are stopped, and no envoy of this host is left behind: the ``clean``
+    side of ``running``. With ``drain`` (the default) a running Envoy first fails its health check
+    for ``envoy:restart:full_restart_drain_s`` seconds, so load balancers and the Envoys that
+    health-check it stop sending before it goes: leaving the fleet loses no request.
 
     .. code-block:: yaml
 
         envoy-service-clean-dead:
-          envoy.dead: []
+          envoy.dead:
+            - drain: true
     """
     ret = _ret(name)
     status = __salt__["envoy.status"]()
@@ -305,12 +308,17 @@ def dead(name):
     ret["changes"] = {"stopped": True, "restarter_pid": status["restarter_pid"]}
     if left_over:
         ret["changes"]["orphans_stopped"] = left_over
+    draining = drain and status["running"]
+    drain_s = __salt__["envoy.settings"]()["restart"]["full_restart_drain_s"] if draining else 0
     if __opts__["test"]:
-        ret.update(result=None, comment="envoy would be stopped")
+        how = (f"fail its health check, drain for {drain_s:g}s (envoy:restart:full_restart_drain_s), then stop"
+               if draining else "be stopped")
+        ret.update(result=None, comment=f"envoy would {how}")
         return ret
-    out = __salt__["envoy.stop"]()
+    out = __salt__["envoy.stop"](drain=draining)
     ret["changes"]["orphans_stopped"] = out.get("orphans_stopped") or []
-    ret["comment"] = "envoy stopped"
+    steps = [step for step in out.get("steps", []) if step != "stopped"]
+    ret["comment"] = "envoy stopped" + (f" after draining: {', '.join(steps)}" if steps else "")
     return ret
 
 

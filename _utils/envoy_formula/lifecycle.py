@@ -136,12 +136,12 @@ def stop(host):
 
 
 def drain_then_stop(host, drain_s=None):
-    """Leave without dropping a request: fail the health check (load balancers, health-checking
-    Envoys and discovery stop sending), let ``drain_s`` pass (default: drain_time_s), drain the
-    listeners gracefully, then stop. Returns the stop result with the ``steps`` taken."""
-    drain_s = host["restart"]["drain_time_s"] if drain_s is None else drain_s
+    """Leave without dropping a request: fail the health check, so load balancers and the Envoys
+    that health-check this host stop sending to it, let ``drain_s`` pass (default: the restart
+    setting full_restart_drain_s), then stop. Returns the stop result with the ``steps`` taken."""
+    drain_s = host["restart"]["full_restart_drain_s"] if drain_s is None else drain_s
     with restart_lock(host):
-        steps = _drain(host, drain_s)
+        steps = _drain(host, drain_s) if supervisor.restarter_pid(host) else []
         out = stop_locked(host)
     out["steps"] = steps + ["stopped"]
     return out
@@ -270,6 +270,9 @@ def restart_kind(host):
 
 
 def current_bundle_id(host):
+    """The release ``current`` points at, or None when no bundle is installed."""
+    if not os.path.islink(host["current_dir"]):
+        return None
     return os.path.basename(os.path.realpath(host["current_dir"]))
 
 

@@ -186,3 +186,22 @@ def test_fleet_converges_and_follows_pillar_route_edits(minions, fleet):
     again = highstate(cli, queue=True)
     assert changed(again["front1"]) == [] and changed(again["svc1"]) == [], again
     assert {name: fleet.status_file(name)["live_epoch"] for name in fleet.hosts} == {"front1": 1, "svc1": 0}
+
+
+def test_validate_and_render_judge_the_pillar_the_next_highstate_will_use(minions, fleet):
+    """An operator checks a pillar edit before the next highstate: the minion must judge the pillar
+    on the master now, not the copy it holds in memory."""
+    cli = minions
+    front = fleet.pillar / "envoy/front.sls"
+    good = front.read_text()
+    try:
+        fleet.add_route({"name": "pay", "match": {"prefix": "/pay"}, "service": "payments"})
+        verdict = cli.run("envoy.validate", minion_tgt="front1")
+        assert verdict.returncode != 0, verdict.data
+        assert "service=payments is not in the service catalogue" in str(verdict.data), verdict.data
+        rendered = cli.run("envoy.render", minion_tgt="front1")
+        assert "service=payments is not in the service catalogue" in str(rendered.data), rendered.data
+    finally:
+        front.write_text(good)
+    verdict = cli.run("envoy.validate", minion_tgt="front1")
+    assert verdict.returncode == 0 and verdict.data["ok"] is True, verdict.data

@@ -220,14 +220,30 @@ def test_mod_watch_after_another_run_did_it_changes_nothing(salt_mods):
 
 
 def test_dead_when_stopped_and_under_test(salt_mods, opts):
-    salt_mods.update({"envoy.status": MagicMock(return_value=STOPPED), "envoy.orphans": MagicMock(return_value=[])})
+    salt_mods.update({"envoy.status": MagicMock(return_value=STOPPED), "envoy.orphans": MagicMock(return_value=[]),
+                      "envoy.settings": MagicMock(return_value={"restart": {"full_restart_drain_s": 5}})})
     assert envoy_state.dead("envoy")["comment"] == "envoy is not running"
     opts["test"] = True
     salt_mods["envoy.status"] = MagicMock(return_value=RUNNING)
     salt_mods["envoy.stop"] = MagicMock()
     ret = envoy_state.dead("envoy")
     assert ret["result"] is None and ret["changes"]["stopped"] is True
+    assert ret["comment"] == ("envoy would fail its health check, drain for 5s (envoy:restart:full_restart_drain_s), "
+                              "then stop")
     salt_mods["envoy.stop"].assert_not_called()
+
+
+def test_dead_drains_a_running_envoy_and_says_so(salt_mods):
+    salt_mods.update({"envoy.status": MagicMock(return_value=RUNNING),
+                      "envoy.settings": MagicMock(return_value={"restart": {"full_restart_drain_s": 5}}),
+                      "envoy.stop": MagicMock(return_value={"orphans_stopped": [], "steps": [
+                          "healthcheck failed", "drained 5s", "stopped"]})})
+    ret = envoy_state.dead("envoy")
+    salt_mods["envoy.stop"].assert_called_once_with(drain=True)
+    assert ret["comment"] == "envoy stopped after draining: healthcheck failed, drained 5s"
+    salt_mods["envoy.stop"] = MagicMock(return_value={"orphans_stopped": [], "stopped": True})
+    assert envoy_state.dead("envoy", drain=False)["comment"] == "envoy stopped"
+    salt_mods["envoy.stop"].assert_called_once_with(drain=False)
 
 
 # --- discovery --------------------------------------------------------------------------------------
