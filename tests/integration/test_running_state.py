@@ -438,3 +438,37 @@ def test_crash_looping_envoy_fails_the_state_until_it_recovers(host):
     recovered = running_result(host.apply())
     assert recovered["result"] is True, recovered
     assert host.serves()
+
+
+def test_counters_carry_over_a_hot_restart_under_load(host):
+    """Operators read Envoy's counters across hot restarts: the new epoch merges the old one's at
+    each stats flush (every 5 s), so with the old epoch living at least one flush after it stops
+    serving (parent_shutdown_time_s - drain_time_s >= 5 s, as the formula's defaults have it) the
+    counters go on from where they were, exactly what a client saw (docs/operations.md)."""
+    from tests.helpers.load import LoadRunner
+
+    stat = "http.ingress.downstream_rq_2xx"
+    timings = {**TIMINGS, "drain_time_s": 1, "parent_shutdown_time_s": 6}
+
+    def set_timed_config(marker):
+        host.sandbox.set_pillar({"envoy": {"restart": timings}, SLS: {"config": host.config(marker)}})
+
+    def counter():
+        _, stats = host.sandbox.salt_call("envoy.stats", f"filter=^{stat}$")
+        return stats.get(stat, 0)
+
+    host.sandbox.salt_call("envoy.stop")
+    set_timed_config("counted-before")
+    assert running_result(host.apply())["result"] is True  # the restarter starts with these timings
+    before, epoch = counter(), host.status()["live_epoch"]
+    rate = 300
+    with LoadRunner(f"http://127.0.0.1:{host.listener_port}/count", connections=4, rate=rate) as load:
+        wait_for(lambda: load.result.ok > 600, timeout=20, what="load before the restart")
+        set_timed_config("counted-after")
+        assert running_result(host.apply())["result"] is True
+        wait_for(lambda: load.result.ok > 1200, timeout=20, what="load after the restart")
+    assert load.result.failed == 0, load.result.errors[:5]
+    assert host.status()["live_epoch"] == epoch + 1
+    wait_for(lambda: len(host.status()["epochs"]) == 1, timeout=20, what="the old epoch to exit")
+    # Without the merge the new epoch would count only what it served itself (under half of it).
+    assert counter() - before == load.result.ok
