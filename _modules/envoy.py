@@ -17,6 +17,7 @@ from salt.exceptions import CommandExecutionError
 log = logging.getLogger(__name__)
 
 __virtualname__ = "envoy"
+__outputter__ = {"scheduled_highstate": "highstate"}
 
 
 def __virtual__():
@@ -269,8 +270,10 @@ def restarter_command(**kwargs):
 @_salt_errors
 def status(**kwargs):
     """
-    What runs: supervisor, restarter pid, epochs, LIVE or not, envoy and bundle versions, config
-    hash (on disk and running), uptime and the last restart.
+    What runs, starting with a one-line ``summary`` (LIVE or not, epoch, bundle, whether the config
+    on disk is the one running, the last restart, the last scheduled highstate's outcome), then the
+    details: supervisor, restarter pid, epochs, envoy and bundle versions, config hashes, uptime,
+    the last restart and the last scheduled highstate (failed states first). Times are ISO 8601 UTC.
 
     CLI Example:
 
@@ -279,6 +282,30 @@ def status(**kwargs):
         salt-call envoy.status
     """
     return _lib().status_report.status(_host(kwargs))
+
+
+def scheduled_highstate(**kwargs):
+    """
+    Run ``state.highstate`` and record its outcome (when, success, the failed states) for
+    ``envoy.status``: what the formula's pull-based schedule runs (Salt's scheduler, cron or the
+    systemd timer), so an operator sees convergence failing even while Envoy stays LIVE on its last
+    good config. Returns the highstate's own return; keyword arguments go to ``state.highstate``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.scheduled_highstate
+    """
+    import time
+
+    started = time.time()
+    ret = __salt__["state.highstate"](**_overrides(kwargs))
+    try:
+        _lib().highstate_record.record(_host({}), ret, started)
+    except (OSError, _lib().errors.EnvoyFormulaError) as exc:  # the run happened: never fail it here
+        log.warning("could not record the highstate's outcome: %s", exc)
+    return ret
 
 
 @_salt_errors

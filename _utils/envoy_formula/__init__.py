@@ -27,7 +27,7 @@ MODULES = (
     "errors", "redaction", "atomic_files", "local_http", "processes", "privileges", "host_settings",
     "bundle_format", "bundle_archive", "bundle_sources", "bundle_releases",
     "config_render", "config_validate", "config_file",
-    "admin_api", "restarter_status", "supervisor", "preflight", "lifecycle", "status_report",
+    "admin_api", "restarter_status", "supervisor", "preflight", "lifecycle", "highstate_record", "status_report",
     "discovery_registration", "discovery_daemon",
 )
 # Imported before this execution of the package: possibly older than the files on disk.

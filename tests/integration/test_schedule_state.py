@@ -39,7 +39,7 @@ def test_cron_runs_a_splayed_locked_highstate(host):
     assert applied["envoy-schedule-cron-file-managed"]["result"] is True
     line = [entry for entry in cron.read_text().splitlines() if entry.startswith("*/")][0]
     assert line.startswith("*/10 * * * * root sleep $(shuf -i 0-120 -n 1) && flock -n ")
-    assert line.endswith("/opt/salt/salt-call --local state.highstate >/dev/null 2>&1")
+    assert line.endswith("/opt/salt/salt-call --local envoy.scheduled_highstate >/dev/null 2>&1")
     again = schedule(host, method="cron", minutes=10, splay=120, salt_call="/opt/salt/salt-call")
     assert again["envoy-schedule-cron-file-managed"]["changes"] == {}
 
@@ -57,7 +57,8 @@ def test_systemd_timer_is_splayed_and_oneshot(host):
     units = Path(host.root) / "etc/systemd/system"
     timer = (units / "envoy-highstate.timer").read_text()
     assert "OnUnitActiveSec=30min" in timer and "RandomizedDelaySec=600" in timer
-    assert "Type=oneshot" in (units / "envoy-highstate.service").read_text()
+    service = (units / "envoy-highstate.service").read_text()
+    assert "Type=oneshot" in service and "--local envoy.scheduled_highstate" in service
     # A sandbox root never touches the real systemd.
     assert "envoy-schedule-highstate-timer-running" not in applied
 
@@ -68,7 +69,7 @@ def test_minion_scheduler_job_with_splay_and_one_at_a_time(host):
     # salt-call has no running minion: the job is written for the minion to load (offline).
     listed = host.salt_call("schedule.list", "return_yaml=False", "offline=True")[1]
     job = listed["envoy-highstate"]
-    assert job["function"] == "state.highstate" and job["minutes"] == 15
+    assert job["function"] == "envoy.scheduled_highstate" and job["minutes"] == 15
     assert job["splay"] == 300 and job["maxrunning"] == 1
     again = schedule(host, method="minion", minutes=15, splay=300)["envoy-schedule-highstate-present"]
     assert again["changes"] == {}, again

@@ -1,18 +1,19 @@
 {#- Pull-based convergence: every host re-runs its own highstate on a schedule, splayed so a fleet
     never converges all at once, and never two runs at a time (maxrunning 1, flock, a oneshot unit).
-    Pillar envoy:schedule: method minion | cron | systemd | none (default), minutes (15), splay (300 s). #}
+    Pillar envoy:schedule: method minion | cron | systemd | none (default), minutes (15), splay (300 s).
+    Each run is envoy.scheduled_highstate: state.highstate, its outcome recorded for envoy.status. #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import envoy with context %}
 {%- set sched = envoy.schedule %}
 {%- set lock_file = envoy.run_dir ~ '/highstate.lock' %}
-{%- set highstate = 'flock -n ' ~ lock_file ~ ' ' ~ sched.salt_call ~ ' --local state.highstate' %}
+{%- set highstate = 'flock -n ' ~ lock_file ~ ' ' ~ sched.salt_call ~ ' --local envoy.scheduled_highstate' %}
 
 {%- if sched.method == 'minion' %}
 
 envoy-schedule-highstate-present:
   schedule.present:
     - name: envoy-highstate
-    - function: state.highstate
+    - function: envoy.scheduled_highstate
     {%- if sched.seconds %}
     - seconds: {{ sched.seconds }}
     {%- else %}
@@ -62,7 +63,7 @@ envoy-schedule-highstate-service-managed:
         [Service]
         # oneshot: systemd never runs two at once.
         Type=oneshot
-        ExecStart={{ sched.salt_call }} --local state.highstate
+        ExecStart={{ sched.salt_call }} --local envoy.scheduled_highstate
 
 envoy-schedule-highstate-timer-managed:
   file.managed:
