@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint bench demo demo-down bundle clean
+.PHONY: venv test lint bench demo demo-down bundle salt-tree clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,17 @@ bench: venv
 BUNDLE_SOURCE_PREFIX ?= salt://envoy-bundles/
 bundle: venv
 	$(BIN)/envoy-bundle build --out out/ --pillar pillar/envoy/bundle.sls --source-prefix $(BUNDLE_SOURCE_PREFIX)
+
+# What a Salt master serves of this repo, and nothing else (no .venv, .git or tests): the formula
+# (envoy/) and the custom module dirs Salt syncs to minions. README: "Using the formula in a Salt tree".
+SALT_TREE_DIRS := _modules _states _utils
+salt-tree:
+	@test -n "$(DEST)" || { echo "usage: make salt-tree DEST=/srv/salt-envoy" >&2; exit 2; }
+	mkdir -p $(DEST)
+	rm -rf $(DEST)/envoy $(addprefix $(DEST)/,$(SALT_TREE_DIRS))
+	tar -C salt --exclude=__pycache__ -cf - envoy | tar -C $(DEST) -xf -
+	tar --exclude=__pycache__ -cf - $(SALT_TREE_DIRS) | tar -C $(DEST) -xf -
+	@echo "$(DEST): envoy/ $(SALT_TREE_DIRS)"
 
 demo: venv
 	$(BIN)/python -m demo up

@@ -1,4 +1,6 @@
-# The network team's pillar shared by every host (see pillar.example for every key).
+# The network team's pillar shared by every host (every key: pillar.example and docs/pillar.md).
+# This tree drives `make demo` and the tests, where every "host" is a sandbox on one machine: the
+# values marked "demo" are there to make them fast; keep the formula's defaults in production.
 envoy:
   defaults:
     upstreams:
@@ -10,8 +12,8 @@ envoy:
         path: /healthcheck
         timeout_ms: 2000
         interval_ms: 5000
-        # Re-check an idle host every 5 s (Envoy's default is 60 s), so a host that just came up
-        # is routable quickly.
+        # demo: re-check an idle host every 5 s (Envoy's default, 60 s, suits production), so a
+        # host that just came up is routable at once.
         no_traffic_interval_ms: 5000
         unhealthy_threshold: 2
         healthy_threshold: 2
@@ -26,7 +28,11 @@ envoy:
     ingress:
       timeout_ms: {min: 100, max: 60000}
 
-  # The service catalogue. foo and bar run on the service hosts behind their sidecar's ingress.
+  # The service catalogue: where callers reach each service. An address is a service host's
+  # *sidecar ingress* (the manifest's ingress.port on that host), never the app's own port: every
+  # call goes Envoy to Envoy. demo: 127.0.0.1, because every sandbox host shares this machine's
+  # loopback; on a real fleet list each host's address (or use discovery: eds), e.g.
+  #   foo: {hosts: ['10.0.1.21:9211', '10.0.1.22:9211']}
   services:
     foo:
       hosts: [127.0.0.1:9211]
@@ -40,7 +46,7 @@ envoy:
 
   restart:
     roles:
-      # Short drains for the demo and tests; production keeps the formula's defaults
-      # (sidecar 60/90 s, front 300/450 s).
+      # demo: short drains so a demo restart settles in seconds. Production keeps the formula's
+      # defaults (sidecar 60/90 s, front 300/450 s: docs/pillar.md).
       sidecar: {drain_time_s: 5, parent_shutdown_time_s: 10}
       front: {drain_time_s: 5, parent_shutdown_time_s: 10}
