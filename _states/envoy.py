@@ -86,6 +86,7 @@ def bundle_installed(name, sha256=None, keep=None):
         new = f"bundle with sha256 {plan['sha256']}"
         predicted = f"download and install the {new} from {_lib().redaction.url_for_messages(name)}"
     ret["changes"] = {"old": plan["old"], "new": new}
+    __context__["envoy.bundle_change"] = True  # the service state restarts onto the new bundle
     if __opts__["test"]:
         ret.update(result=None, comment=f"would {predicted} (current: {_bundle_desc(plan['old'])})")
         return ret
@@ -106,12 +107,15 @@ def bundle_installed(name, sha256=None, keep=None):
 
 def config_managed(name):
     """
-    This host's Envoy config at ``name``: rendered by the current bundle's generator (manifests,
-    pillar ``envoy``, host facts), validated by the current bundle's envoy, then written atomically
-    (mode 0640) with the previous config kept as ``<name>.prev`` for rollback. Changes carry a
-    unified diff with private keys redacted. Any error (bad manifest or pillar, Envoy rejects the
-    config, no bundle) gives result False and leaves the file as it was. Rendering is skipped when
-    the generator's inputs are those that rendered the file on disk.
+    This host's Envoy config at ``name`` (``envoy.yaml``), rendered by the current bundle's
+    generator from the manifests, pillar ``envoy`` and host facts, validated by the current bundle's
+    envoy (every resource inline), and written atomically with the previous version kept for
+    rollback. In files mode (``envoy:lookup:config_mode``) routes, clusters and listeners are xDS
+    files the running Envoy applies live, each step confirmed through its admin API, and only a
+    bootstrap change restarts Envoy; ``changes`` say which resources change and whether a restart
+    follows. Any error (bad manifest or pillar, Envoy refuses the config or the update, no bundle)
+    gives result False and leaves Envoy serving what it served. Rendering is skipped when the
+    generator's inputs are those that rendered the files on disk.
 
     .. code-block:: yaml
 
@@ -124,65 +128,15 @@ def config_managed(name):
     ret = _ret(name)
     lib = _lib()
     try:
-        ret = _config_managed(ret, lib, name)
+        out = lib.config_apply.converge(_host(), __pillar__.get("envoy") or {},
+                                        __grains__.get("id") or __opts__.get("id"), test=__opts__["test"])
+        ret.update(result=out["result"], comment=out["comment"], changes=out["changes"])
+        # The service state restarts Envoy only when the bootstrap changed (mod_watch reads this).
+        __context__["envoy.config_restart"] = out["restart"]
     except (CommandExecutionError, lib.errors.EnvoyFormulaError, OSError) as exc:
-        ret.update(result=False, changes={}, comment=f"{name} not changed: {exc}")
+        verb = "would not be changed" if __opts__["test"] else "not changed"
+        ret.update(result=False, changes={}, comment=f"{name} {verb}: {exc}")
     ret["comment"] = lib.redaction.hide_private_keys(ret["comment"])  # Envoy may echo an inline key
-    return ret
-
-
-def _config_managed(ret, lib, name):
-    host = _host()
-    pillar = __pillar__.get("envoy") or {}
-    node_id = __grains__.get("id") or __opts__.get("id")
-    if __opts__["test"] and not lib.config_render.bundle_file_exists(host, "bin", "envoy-configgen"):
-        # A first test run: the bundle state only predicts its install, so nothing can render yet.
-        ret.update(result=None, comment=f"{name} will be rendered once the Envoy bundle is installed")
-        return ret
-    inputs = lib.config_render.inputs_digest(host, pillar, node_id)
-    if lib.config_file.stamp_matches(name, inputs):
-        ret["comment"] = f"{name} is up to date (its inputs are unchanged)"
-        return ret
-    new = lib.config_render.render(host, pillar, node_id)
-    old = lib.atomic_files.read_text(name)
-    if old == new and lib.config_file.mode_ok(name):
-        if not __opts__["test"]:
-            lib.config_file.write_stamp(name, inputs)
-        ret["comment"] = f"{name} is up to date"
-        return ret
-    if old == new:
-        return _config_fix_mode(ret, lib, name)
-    ret["changes"] = {"diff": lib.config_file.diff(name, old, new)}
-    if old is not None:
-        ret["changes"]["previous"] = lib.config_file.previous_path(name)
-    if __opts__["test"]:
-        verdict = lib.config_validate.validate_text(host, new)  # in a private temp dir: writes nothing here
-        if not verdict["ok"]:
-            ret.update(result=False, changes={}, comment=f"{name} would not be changed: envoy rejects the "
-                       f"rendered config: {verdict['error']}")
-            return ret
-        ret.update(result=None, comment=f"{name} would be updated (rendered config validated by envoy)")
-        return ret
-    verdict = lib.config_file.install(name, new, host["group"],
-                                      validate=lambda path: lib.config_validate.validate_file(host, path))
-    if not verdict["ok"]:
-        ret.update(result=False, changes={}, comment=f"{name} not changed: envoy rejects the rendered config: "
-                   f"{verdict['error']}")
-        return ret
-    lib.config_file.write_stamp(name, inputs)
-    kept = f"; previous config kept as {ret['changes']['previous']}" if "previous" in ret["changes"] else ""
-    ret["comment"] = f"{name} updated (validated by envoy){kept}"
-    return ret
-
-
-def _config_fix_mode(ret, lib, name):
-    mode = oct(lib.config_file.MODE)
-    ret["changes"] = {"mode": mode}
-    if __opts__["test"]:
-        ret.update(result=None, comment=f"{name} would get mode {mode}")
-    else:
-        lib.config_file.set_mode(name)
-        ret["comment"] = f"{name} set to mode {mode}"
     return ret
 
 
@@ -243,23 +197,15 @@ _TEST_VERBS = {"start": "be started", "hot": "be hot restarted", "full": "get a 
 
 def mod_watch(name, sfun=None, **kwargs):
     """
-    A watched bundle or config changed: hot restart when the current bundle's
-    ``--hot-restart-version`` equals the running Envoy's, else a drained full restart; start Envoy if
-    nothing runs. If the new epoch fails, the previous config is put back and the result is False
-    with Envoy's error. A lock keeps concurrent runs from overlapping: a run that finds another run
-    already restarted onto the same bundle and config reports nothing to do.
+    A watched bundle or config changed. Nothing to do when Envoy already runs the current bundle and
+    bootstrap (a files-mode change the config state applied live); else a hot restart when the
+    current bundle's ``--hot-restart-version`` equals the running Envoy's, a drained full restart
+    when it does not, a start when nothing runs. If the new epoch fails, the previous config is put
+    back and the result is False with Envoy's error. A lock keeps concurrent runs from overlapping.
     """
     ret = _ret(name)
     if __opts__["test"]:
-        ret["result"] = None
-        try:
-            plan = __salt__["envoy.restart_kind"]()
-        except CommandExecutionError as exc:  # e.g. the bundle a real run would install is not there yet
-            ret.update(changes={"restart": "unknown"},
-                       comment=f"envoy would be restarted; which kind cannot be told yet: {exc}")
-            return ret
-        ret.update(changes={"restart": plan["kind"]}, comment=f"envoy would {_TEST_VERBS[plan['kind']]}: {plan['reason']}")
-        return ret
+        return _mod_watch_prediction(ret)
     try:
         out = __salt__["envoy.reload"]()
     except CommandExecutionError as exc:
@@ -282,6 +228,23 @@ def mod_watch(name, sfun=None, **kwargs):
             "; the previous config was put back" if out.get("rolled_back") else "")
         if out["kind"] == "hot":
             ret["comment"] += "; the running epoch keeps serving"
+    return ret
+
+
+def _mod_watch_prediction(ret):
+    """test=True: what a real run would do, from what the bundle and config states predicted."""
+    ret["result"] = None
+    if not __context__.get("envoy.bundle_change") and __context__.get("envoy.config_restart") is False:
+        ret.update(result=True, comment="envoy would not be restarted: the config change is applied live")
+        return ret
+    try:
+        plan = __salt__["envoy.restart_kind"]()
+    except CommandExecutionError as exc:  # e.g. the bundle a real run would install is not there yet
+        ret.update(changes={"restart": "unknown"}, comment=f"envoy would be restarted; which kind cannot be told yet: {exc}")
+        return ret
+    if plan["kind"] == "none":  # the files are not written under test: what runs is still what is on disk
+        plan = {"kind": "hot", "reason": "the bundle or the bootstrap changes"}
+    ret.update(changes={"restart": plan["kind"]}, comment=f"envoy would {_TEST_VERBS[plan['kind']]}: {plan['reason']}")
     return ret
 
 

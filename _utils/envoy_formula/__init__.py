@@ -26,8 +26,9 @@ import sys
 MODULES = (
     "errors", "redaction", "atomic_files", "local_http", "processes", "privileges", "host_settings",
     "bundle_format", "bundle_archive", "bundle_sources", "bundle_releases",
-    "config_render", "config_validate", "config_file",
+    "config_render", "config_validate", "config_file", "config_files", "config_changes", "rejected_inputs",
     "admin_api", "restarter_status", "supervisor", "preflight", "lifecycle", "highstate_record", "status_report",
+    "xds_acceptance", "xds_apply", "config_apply",
     "discovery_registration", "discovery_daemon",
 )
 # Imported before this execution of the package: possibly older than the files on disk.

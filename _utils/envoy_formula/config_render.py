@@ -31,23 +31,46 @@ def bundle_file_exists(host, *parts):
     return os.path.exists(os.path.join(host["current_dir"], *parts))
 
 
-def host_facts(host, node_id):
+def renders_files(host):
+    """Whether the current bundle's generator writes files mode (JSON output): its outputs module."""
+    return bundle_file_exists(host, "lib", "envoy_bundle", "configgen", "outputs.py")
+
+
+def host_facts(host, node_id, mode=None):
     """What the generator needs to know about this host (docs/manifest.md, "Host facts")."""
-    return {"node_id": str(node_id or "envoy"), "admin_address": ADMIN_ADDRESS,
-            "admin_port": int(host["admin_port"]), "log_dir": host["log_dir"]}
+    facts = {"node_id": str(node_id or "envoy"), "admin_address": ADMIN_ADDRESS,
+             "admin_port": int(host["admin_port"]), "log_dir": host["log_dir"]}
+    if mode:  # only a generator that renders modes knows these facts
+        facts.update(config_mode=mode, config_dir=host["config_dir"])
+    return facts
 
 
-def _facts_json(pillar, host, node_id):
-    return json.dumps({"pillar": pillar or {}, "host": host_facts(host, node_id)}, default=str, sort_keys=True)
+def _facts_json(pillar, host, node_id, mode=None):
+    return json.dumps({"pillar": pillar or {}, "host": host_facts(host, node_id, mode)}, default=str,
+                      sort_keys=True)
 
 
 def render(host, pillar, node_id):
-    """The rendered config (secrets included: callers redact what they show). Bad input raises
-    with one line per problem, each naming the file and field."""
+    """The effective config, one static bootstrap (secrets included: callers redact what they
+    show). Bad input raises with one line per problem, each naming the file and field."""
+    return _run(host, pillar, node_id, None, [])
+
+
+def render_outputs(host, pillar, node_id, mode):
+    """Every file of this host's config in ``mode`` (static or files) and the effective config:
+    ``{"mode", "files": {relative path: text}, "effective"}``. A bundle whose generator predates
+    modes gives its one static file."""
+    if not renders_files(host):
+        return {"mode": "static", "files": {"envoy.yaml": render(host, pillar, node_id)}, "effective": None,
+                "legacy_generator": True}
+    return json.loads(_run(host, pillar, node_id, mode, ["--output", "json"]))
+
+
+def _run(host, pillar, node_id, mode, extra):
     launcher = bundle_file(host, "bin", "envoy-configgen")
     try:
-        proc = subprocess.run([sys.executable, launcher, "--manifest-dir", host["manifest_dir"], "--facts", "-"],
-                              input=_facts_json(pillar, host, node_id), capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, launcher, "--manifest-dir", host["manifest_dir"], "--facts", "-", *extra],
+                              input=_facts_json(pillar, host, node_id, mode), capture_output=True, text=True,
                               timeout=TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
         raise EnvoyFormulaError(f"envoy-configgen took more than {TIMEOUT_S}s") from exc
@@ -75,13 +98,13 @@ def manifest_files(manifest_dir):
     return files
 
 
-def inputs_digest(host, pillar, node_id):
+def inputs_digest(host, pillar, node_id, mode=None):
     """sha256 of everything the generator reads: the current release, the manifest files, pillar
-    ``envoy`` and the host facts. The generator is deterministic, so an unchanged digest means an
-    unchanged config and the config state skips rendering."""
+    ``envoy``, the host facts and the config mode. The generator is deterministic, so an unchanged
+    digest means an unchanged config and the config state skips rendering."""
     digest = hashlib.sha256()
     digest.update(os.path.realpath(host["current_dir"]).encode() + b"\0")
     for name, data in manifest_files(host["manifest_dir"]):
         digest.update(f"{name}\0{len(data)}\0".encode() + data)
-    digest.update(_facts_json(pillar, host, node_id).encode())
+    digest.update(_facts_json(pillar, host, node_id, mode).encode())
     return digest.hexdigest()

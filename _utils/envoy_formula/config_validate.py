@@ -28,16 +28,29 @@ def envoy_error(output):
 def validate_file(host, source_path):
     """{ok, error}: the config at ``source_path``, copied into a private dir as ``envoy.yaml``
     (Envoy picks the format by extension; the envoy user must be able to read it)."""
+    with open(source_path, encoding="utf-8") as handle:
+        text = handle.read()
+    return validate_tree(host, {"envoy.yaml": text}, None, shown_path=source_path)
+
+
+def validate_tree(host, files, config_dir, shown_path=None):
+    """{ok, error} for a set of config files ({relative path: text}, ``envoy.yaml`` the bootstrap)
+    laid out in a private dir as they would be under ``config_dir`` (paths in them rewritten), so
+    a bootstrap that points at xDS files is checked with those very files."""
     binary = config_render.bundle_file(host, "bin", "envoy")
     ids = privileges.envoy_ids(host["user"], host["group"])
     workdir = tempfile.mkdtemp(prefix="envoy-validate-")
     try:
+        for rel, text in files.items():
+            target = os.path.join(workdir, rel)
+            os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+            with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as fh:
+                fh.write(text.replace(config_dir.rstrip("/") + "/", workdir + "/") if config_dir else text)
         path = os.path.join(workdir, "envoy.yaml")
-        shutil.copyfile(source_path, path)
-        os.chmod(path, 0o600)
         if ids:
-            os.chown(workdir, *ids)
-            os.chown(path, *ids)
+            for top, dirs, names in os.walk(workdir):
+                for entry in [top] + [os.path.join(top, n) for n in dirs + names]:
+                    os.chown(entry, *ids)
         as_user = {"user": ids[0], "group": ids[1], "extra_groups": []} if ids else {}
         try:
             proc = subprocess.run([binary, "--mode", "validate", "--log-level", "error", "-c", path],
@@ -59,16 +72,13 @@ def validate_file(host, source_path):
     if proc.returncode == 0:
         return {"ok": True, "error": ""}
     error = envoy_error(proc.stderr + "\n" + proc.stdout)
-    return {"ok": False, "error": error.replace(path, source_path)}
+    if shown_path:
+        error = error.replace(path, shown_path)
+    if config_dir:
+        error = error.replace(workdir + "/", config_dir.rstrip("/") + "/")
+    return {"ok": False, "error": error}
 
 
 def validate_text(host, text):
-    """{ok, error} for a config given as text (written 0600 into a private temp dir)."""
-    workdir = tempfile.mkdtemp(prefix="envoy-render-")
-    try:
-        path = os.path.join(workdir, "envoy.yaml")
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
-            handle.write(text)
-        return validate_file(host, path)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    """{ok, error} for one config given as text (written 0600 into a private temp dir)."""
+    return validate_tree(host, {"envoy.yaml": text}, None)

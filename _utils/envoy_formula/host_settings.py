@@ -28,6 +28,10 @@ LOOKUP_DEFAULTS = {
     "supervisor": "auto",                   # systemd | daemon | auto (systemd when the host has it)
     "keep_releases": 3,
     "manage_user": True,                    # create user/group (only as root, user != root)
+    # files: routes, clusters and listeners are xDS files the running Envoy applies without a
+    # restart; static: one envoy.yaml, every change a hot restart; auto: files for a new install,
+    # static for a host that already runs a static config (change it here to switch).
+    "config_mode": "auto",
 }
 PATH_KEYS = ("install_dir", "config_dir", "manifest_dir", "log_dir", "run_dir")
 INT_KEYS = ("base_id", "admin_port", "keep_releases")
@@ -118,6 +122,9 @@ def _lookup(pillar, lookup, overrides):
     if merged["supervisor"] not in ("auto", "systemd", "daemon"):
         raise EnvoyFormulaError(f"pillar envoy:lookup:supervisor={merged['supervisor']!r}: "
                                 "expected systemd, daemon or auto")
+    if merged["config_mode"] not in ("auto", "files", "static"):
+        raise EnvoyFormulaError(f"pillar envoy:lookup:config_mode={merged['config_mode']!r}: "
+                                "expected files, static or auto")
     return merged
 
 

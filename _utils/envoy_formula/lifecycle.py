@@ -253,6 +253,10 @@ def restart_kind(host):
     if not supervisor.restarter_pid(host):
         return {"kind": "start", "reason": "the envoy restarter is not running"}
     recorded = _status(host)
+    if (recorded.get("live_epoch") is not None and recorded.get("bundle_id") == current_bundle_id(host)
+            and recorded.get("config_sha256") == atomic_files.sha256_or_none(host["config_file"])):
+        return {"kind": "none", "reason": "Envoy already runs the current bundle and bootstrap "
+                                          "(a files-mode change is applied without a restart)"}
     new_version = binary_hot_restart_version(host)
     running_version, source = _admin(host).hot_restart_version(), "admin /hot_restart_version"
     if not running_version:
@@ -309,6 +313,9 @@ def reload(host, since=None, rollback=True):
             return {"result": True, "kind": "none", "epoch": _status(host).get("live_epoch"),
                     "comment": "another run already restarted envoy onto this bundle and config"}
         plan = restart_kind(host)
+        if plan["kind"] == "none":
+            return {"result": True, "kind": "none", "epoch": _status(host).get("live_epoch"),
+                    "comment": f"no restart needed: {plan['reason']}"}
         if plan["kind"] == "start":
             out = start_locked(host)
             out["kind"] = "start"

@@ -21,10 +21,18 @@ log = logging.getLogger(__name__)
 SHM_DIR = "/dev/shm"
 
 
-def static_listener_addresses(config):
-    """{(address, port): listener name} of a bootstrap's static listeners."""
+def listener_addresses(config):
+    """{(address, port): listener name} of a bootstrap's listeners: its static ones and, in files
+    mode, those of the listeners file its LDS config points at."""
+    import yaml
+
+    listeners = list(((config or {}).get("static_resources") or {}).get("listeners") or [])
+    lds = (((config or {}).get("dynamic_resources") or {}).get("lds_config") or {}).get("path_config_source") or {}
+    if lds.get("path"):
+        with open(lds["path"], encoding="utf-8") as handle:
+            listeners += (yaml.safe_load(handle) or {}).get("resources") or []
     found = {}
-    for listener in ((config or {}).get("static_resources") or {}).get("listeners") or []:
+    for listener in listeners:
         sock = (listener.get("address") or {}).get("socket_address") or {}
         if "port_value" in sock:
             found[(sock.get("address", "0.0.0.0"), int(sock["port_value"]))] = listener.get("name", "?")
@@ -51,7 +59,7 @@ def listeners_refused(host):
 
     try:
         with open(host["config_file"], encoding="utf-8") as handle:
-            wanted = static_listener_addresses(yaml.safe_load(handle))
+            wanted = listener_addresses(yaml.safe_load(handle))
         running = admin_api.Admin(host["admin_port"]).listener_addresses()
     except (OSError, ValueError, KeyError, yaml.YAMLError, EnvoyFormulaError) as exc:
         log.debug("listener pre-flight skipped: %s", exc)  # Envoy's own start will tell

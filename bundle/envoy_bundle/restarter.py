@@ -4,8 +4,10 @@ Python from the current bundle, via ``bin/envoy-restarter``).
 
 Signals:
   SIGHUP          start the next epoch with the *current* bundle's binary and the config file, once the
-                  running epoch is LIVE and no parent is still draining (never a third process);
-                  repeated HUPs coalesce into one restart.
+                  running epoch is LIVE; repeated HUPs coalesce into one restart. A parent still
+                  draining then is ended by Envoy itself (the new epoch's parent ends its own
+                  parent): a change never waits for a whole drain, at the cost of the connections
+                  still open on that oldest epoch (idle keep-alives, long-lived streams), which close.
   SIGTERM/SIGINT  stop every epoch (TERM, then KILL after --stop-timeout) and exit.
   SIGUSR1         forwarded to every epoch (Envoy reopens its logs).
 
@@ -455,8 +457,6 @@ class Restarter:
             return
         if self.live is None or self.candidate is not None:
             return  # still initializing: deferred until the running epoch is LIVE
-        if any(epoch.state == "draining" for epoch in self.epochs):
-            return  # a parent is still draining: a new child now would be a third process
         self.pending_hup = False
         if self.hot_restart_blocked:
             self.restart_seq += 1

@@ -39,7 +39,7 @@ def host(tmp_path_factory, built_bundle):
     app = UpstreamApp(app_port, name="foo").start()
     try:
         states = sandbox.apply("envoy")
-        assert all(s["result"] for s in states.values()), states
+        assert all(s["result"] for s in states.values()), {k: v["comment"] for k, v in states.items() if v["result"] is not True}
         yield sandbox
     finally:
         sandbox.salt_call("envoy.stop", check=False)

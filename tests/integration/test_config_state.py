@@ -1,9 +1,10 @@
 """
-``envoy.config`` through the real ``salt-call --local`` on a sandbox host with a real bundle:
-the config is rendered by the bundle's generator, validated by the bundle's envoy and written
-atomically (0640, previous kept); test=True writes nothing; a second run changes nothing; bad
-manifests and pillars, and configs Envoy itself rejects, fail the state and leave the file alone;
-private keys never reach the state's output or the minion's log.
+``envoy.config`` in static mode (one envoy.yaml) through the real ``salt-call --local`` on a
+sandbox host with a real bundle: the config is rendered by the bundle's generator, validated by the
+bundle's envoy and written atomically (0640, previous kept); test=True writes nothing; a second run
+changes nothing; bad manifests and pillars, and configs Envoy itself rejects, fail the state and
+leave the file alone; private keys never reach the state's output or the minion's log. Files mode:
+tests/integration/test_config_files_mode.py.
 """
 
 import os
@@ -47,7 +48,7 @@ def host(tmp_path_factory, built_bundle):
 
 
 def use_network(host, network):
-    host.set_pillar({"envoy": deep_merge(host.bundle_pillar, network)})
+    host.set_pillar({"envoy": deep_merge({**host.bundle_pillar, "lookup": {"config_mode": "static"}}, network)})
 
 
 def apply(host, test=False):
@@ -113,7 +114,7 @@ def test_unchanged_inputs_skip_rendering_and_any_drift_renders_again(host):
     # Mode drift alone: fixed without a rewrite.
     os.chmod(path, 0o644)
     result = apply(host)
-    assert result["changes"] == {"mode": "0o640"}, result
+    assert result["changes"] == {"mode": "fixed"}, result
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     # A manifest edit changes the inputs: rendered, and the new config written.
     reset_manifests(host, {"foo.yaml": MANIFEST.replace("timeout_ms: 250", "timeout_ms: 300")})

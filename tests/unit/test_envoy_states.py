@@ -79,17 +79,21 @@ def test_bundle_plan_error_is_a_failed_state(salt_mods):
 
 @pytest.fixture
 def config_host(tmp_path, salt_mods, monkeypatch):
-    """A host whose bundle 'exists' and whose generator and validator are stand-ins."""
+    """A static-mode host whose bundle 'exists' and whose generator and validator are stand-ins."""
     current = tmp_path / "opt" / "current"
     (current / "bin").mkdir(parents=True)
     (current / "bin" / "envoy-configgen").write_text("")
     host = {"current_dir": str(current), "manifest_dir": str(tmp_path / "manifests"), "admin_port": 9901,
-            "log_dir": str(tmp_path / "log"), "group": "root", "user": "root"}
+            "log_dir": str(tmp_path / "log"), "group": "root", "user": "root", "config_dir": str(tmp_path),
+            "config_file": str(tmp_path / "envoy.yaml"), "config_mode": "static", "run_dir": str(tmp_path / "run")}
     salt_mods["envoy.settings"] = MagicMock(return_value=host)
     rendered = {"text": "static_resources: {}\n"}
-    monkeypatch.setattr(config_render, "render", lambda h, pillar, node: rendered["text"])
+
+    def outputs(h, pillar, node, mode):
+        return {"mode": "static", "files": {"envoy.yaml": rendered["text"]}, "effective": rendered["text"]}
+
+    monkeypatch.setattr(config_render, "render_outputs", outputs)
     verdicts = {"ok": True, "error": ""}
-    monkeypatch.setattr(config_validate, "validate_file", lambda h, path: dict(verdicts))
     monkeypatch.setattr(config_validate, "validate_text", lambda h, text: dict(verdicts))
     return {"path": tmp_path / "envoy.yaml", "rendered": rendered, "verdict": verdicts,
             "manifests": tmp_path / "manifests"}
@@ -98,8 +102,8 @@ def config_host(tmp_path, salt_mods, monkeypatch):
 def test_config_written_then_up_to_date_by_its_inputs(config_host):
     path = config_host["path"]
     ret = envoy_state.config_managed(str(path))
-    assert ret["result"] is True and "updated (validated by envoy)" in ret["comment"]
-    assert ret["changes"]["diff"].startswith("--- /dev/null")
+    assert ret["result"] is True and ret["comment"].startswith(f"{path} changed (Envoy starts with it)")
+    assert ret["changes"]["diff"].startswith("--- /dev/null") and ret["changes"]["files"] == {"envoy.yaml": "added"}
     assert path.read_text() == "static_resources: {}\n" and os.stat(path).st_mode & 0o777 == 0o640
     again = envoy_state.config_managed(str(path))
     assert again == {"name": str(path), "result": True, "changes": {},
@@ -114,14 +118,13 @@ def test_config_diff_hides_private_keys_and_keeps_the_previous_file(config_host)
     (config_host["manifests"] / "foo.yaml").write_text("service: foo\n")  # new inputs: a real render
     ret = envoy_state.config_managed(str(path))
     assert "MIIEsecret" not in str(ret) and "<redacted private key sha256:" in ret["changes"]["diff"]
-    assert ret["changes"]["previous"] == f"{path}.prev"
     assert (path.parent / "envoy.yaml.prev").read_text() == "static_resources: {}\n"
 
 
 def test_config_test_mode_validates_and_writes_nothing(config_host, opts):
     opts["test"] = True
     ret = envoy_state.config_managed(str(config_host["path"]))
-    assert ret["result"] is None and "diff" in ret["changes"] and "would be updated" in ret["comment"]
+    assert ret["result"] is None and "diff" in ret["changes"] and "would change" in ret["comment"]
     assert not config_host["path"].exists()
 
 
@@ -142,25 +145,29 @@ def test_config_mode_drift_alone_is_fixed(config_host):
     (path.parent / ".envoy.yaml.inputs.json").unlink()
     path.chmod(0o644)
     ret = envoy_state.config_managed(str(path))
-    assert ret["changes"] == {"mode": "0o640"} and os.stat(path).st_mode & 0o777 == 0o640
+    assert ret["changes"] == {"mode": "fixed"} and os.stat(path).st_mode & 0o777 == 0o640
 
 
-def test_config_bad_input_fails_naming_the_file_and_writes_nothing(config_host, monkeypatch):
+def test_config_bad_input_fails_naming_the_file_and_writes_nothing(config_host, monkeypatch, opts):
     from envoy_formula.errors import EnvoyFormulaError
 
     def bad(*_):
         raise EnvoyFormulaError("bad manifest or pillar:\nmanifest /m/foo.yaml: ingress.port is required")
 
-    monkeypatch.setattr(config_render, "render", bad)
+    monkeypatch.setattr(config_render, "render_outputs", bad)
     ret = envoy_state.config_managed(str(config_host["path"]))
     assert ret["result"] is False and ret["changes"] == {}
     assert ret["comment"].endswith("not changed: bad manifest or pillar:\nmanifest /m/foo.yaml: ingress.port is required")
+    opts["test"] = True  # under test it says what would happen, not what did
+    ret = envoy_state.config_managed(str(config_host["path"]))
+    assert " would not be changed: bad manifest or pillar:" in ret["comment"]
     assert not config_host["path"].exists()
 
 
 def test_config_first_test_run_without_a_bundle_predicts(tmp_path, salt_mods, opts):
     opts["test"] = True
-    salt_mods["envoy.settings"] = MagicMock(return_value={"current_dir": str(tmp_path / "none")})
+    salt_mods["envoy.settings"] = MagicMock(return_value={"current_dir": str(tmp_path / "none"),
+                                                          "config_file": str(tmp_path / "envoy.yaml")})
     ret = envoy_state.config_managed(str(tmp_path / "envoy.yaml"))
     assert ret["result"] is None and "once the Envoy bundle is installed" in ret["comment"]
 

@@ -3,10 +3,13 @@
 
     envoy-configgen --manifest-dir /etc/envoy/manifest.d --facts facts.json [--out envoy.yaml]
     echo '{"pillar": {...}, "host": {...}}' | envoy-configgen --manifest-dir DIR --facts -
+    envoy-configgen --manifest-dir DIR --facts - --output json
 
 ``--facts`` is one JSON document: ``pillar`` (the pillar ``envoy`` dict) and ``host`` (node_id,
 admin_port, log_dir, ...; see docs/manifest.md). The YAML goes to stdout or, written atomically,
-to ``--out``. Exit 0 on success; 2 with one message per line on stderr when an input is bad.
+to ``--out``. ``--output json`` prints instead every file of the host's config mode and the
+effective config to validate (``outputs.py``); the Salt module uses it. Exit 0 on success; 2 with
+one message per line on stderr when an input is bad.
 """
 
 import argparse
@@ -16,7 +19,7 @@ import sys
 import tempfile
 
 from .errors import ConfigError
-from .generate import generate_from_dir
+from .generate import generate_from_dir, generate_outputs_from_dir
 
 EXIT_BAD_INPUT = 2
 
@@ -27,6 +30,8 @@ def parse_args(argv):
     parser.add_argument("--manifest-dir", required=True, help="directory of service manifests (*.yaml)")
     parser.add_argument("--facts", default="-", help="JSON file with {pillar, host}, or - for stdin")
     parser.add_argument("--out", help="write the config here (atomically) instead of stdout")
+    parser.add_argument("--output", choices=["yaml", "json"], default="yaml",
+                        help="yaml: the effective config; json: every file of the host's config mode")
     return parser.parse_args(argv)
 
 
@@ -62,6 +67,9 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         pillar, host = read_facts(args.facts)
+        if args.output == "json":
+            sys.stdout.write(json.dumps(generate_outputs_from_dir(args.manifest_dir, pillar, host), sort_keys=True))
+            return 0
         text = generate_from_dir(args.manifest_dir, pillar, host)
     except ConfigError as exc:
         for message in exc.messages:

@@ -12,13 +12,27 @@ from .policy import (
     check_ports,
     check_roles_fit,
 )
+from .outputs import client_config, outputs
 from .render import render
 from .schema import INVALID, Where, indexed
 
 
 def generate(manifests, pillar, host):
     """``manifests``: (path, text) pairs; ``pillar``: the pillar ``envoy`` dict; ``host``: host facts.
-    Returns the rendered YAML; raises ConfigError listing every problem found."""
+    Returns the rendered YAML (the effective static bootstrap); raises ConfigError listing every
+    problem found."""
+    return _checked_render(manifests, pillar, host)[0]
+
+
+def generate_outputs(manifests, pillar, host):
+    """Every file this host gets, in its config mode (``outputs.outputs``), plus the effective
+    static bootstrap to validate."""
+    text, model, net, host_facts, overridable = _checked_render(manifests, pillar, host)
+    client = client_config(net, model["upstream_policies"], overridable) if "sidecar" in net["roles"] else None
+    return outputs(text, host_facts["config_mode"], host_facts.get("config_dir", ""), client)
+
+
+def _checked_render(manifests, pillar, host):
     problems = Problems()
     host_facts = check_host(host, problems)
     net = check_pillar(pillar, problems)
@@ -35,10 +49,13 @@ def generate(manifests, pillar, host):
     check_roles_fit(valid, net["roles"], problems)
     check_ports(valid, net, host_facts, problems)
     check_front_eds(net, discovery, problems)
+    if host_facts is not None and host_facts["config_mode"] == "files" and not host_facts.get("config_dir"):
+        Where.host(problems).fail(["config_dir"], "is required for config_mode files (where the xds files go)")
     if problems or host_facts is None or any(v is INVALID for v in net.values()):
         problems.raise_if_any()
         raise ConfigError(["internal: inputs invalid but no problem recorded"])
-    return render(build_model(valid, net, host_facts, discovery))
+    model = build_model(valid, net, host_facts, discovery)
+    return render(model), model, net, host_facts, overridable
 
 
 def check_front_eds(net, discovery, problems):
@@ -56,3 +73,7 @@ def check_front_eds(net, discovery, problems):
 
 def generate_from_dir(manifest_dir, pillar, host):
     return generate(read_manifest_dir(manifest_dir), pillar, host)
+
+
+def generate_outputs_from_dir(manifest_dir, pillar, host):
+    return generate_outputs(read_manifest_dir(manifest_dir), pillar, host)

@@ -6,6 +6,8 @@ default applied, sorted wherever Envoy does not care about order, so equal input
 from .policy import HTTP_TYPES, health_check_protocol
 from .specs import STREAM_KNOBS
 
+# Failures where nothing reached the app: retrying them cannot repeat a request.
+SAFE_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
 REDIRECT_CODE_NAMES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER",
                        307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}
 # How often Envoy polls the discovery service (REST EDS). Envoy adds its own jitter of up to one more
@@ -41,6 +43,7 @@ class ModelBuilder:
         self.roles = net["roles"]
         self.clusters = {}
         self.listeners = []
+        self.upstream_policies = {}  # service -> the egress route's timeout and retry policy (client.json)
 
     def build(self):
         if "sidecar" in self.roles:
@@ -60,6 +63,7 @@ class ModelBuilder:
             "observability": self.observability(observability),
             "listeners": sorted(self.listeners, key=lambda item: item["name"]),
             "clusters": [self.clusters[name] for name in sorted(self.clusters)],
+            "upstream_policies": self.upstream_policies,
         }
 
     # --- node and observability ---------------------------------------------------------------
@@ -149,16 +153,20 @@ class ModelBuilder:
             for cache in manifest.data.get("caches") or []:
                 self.add_cache(manifest, cache)
         unique = {vhost["name"]: vhost for vhost in vhosts}  # shared upstreams agree (policy checked)
-        self.listeners.append({
-            "kind": "http", "name": "egress", "address": egress["address"], "port": egress["port"],
-            "hcm": self.hcm("egress", [unique[name] for name in sorted(unique)], edge=False, health_check=None),
-        })
+        hcm = self.hcm("egress", [unique[name] for name in sorted(unique)], edge=False, health_check=None)
+        # The local apps are the only callers: Envoy trusts their router headers (timeouts and
+        # retries envoy_client sets per call) and tells them why a call failed (response flags).
+        hcm["local_callers"] = {"address": egress["address"]}
+        self.listeners.append({"kind": "http", "name": "egress", "address": egress["address"], "port": egress["port"],
+                               "hcm": hcm})
 
     def egress_vhost(self, upstream, egress_port):
         name = upstream["service"]
         settings = self.upstream_settings(upstream)
         self.add_catalogue_cluster(name, settings, settings["circuit_breakers"])
         action = self.route_action(name, settings)
+        self.upstream_policies[name] = {key: action[key] for key in ("timeout_ms", "per_try_timeout_ms", "retries",
+                                                                     "retry_on")}
         return {"name": name, "domains": [name, f"{name}:{egress_port}"],
                 "routes": [{"name": name, "match": {"kind": "prefix", "value": "/", "headers": []}, "route": action}]}
 
@@ -187,7 +195,7 @@ class ModelBuilder:
             "eds_service": None,
         }
         route = self.route_action(local, {key: settings.get(key) for key in ("timeout_ms", *STREAM_KNOBS)}
-                                  | {"retries": 0, "retry_on": None})
+                                  | {"retries": settings["connect_retries"], "retry_on": SAFE_RETRY_ON})
         vhost = {"name": local, "domains": ["*"],
                  "routes": [{"name": local, "match": {"kind": "prefix", "value": "/", "headers": []}, "route": route}]}
         self.listeners.append({
@@ -284,7 +292,8 @@ class ModelBuilder:
         return out
 
     def hcm(self, stat_prefix, vhosts, edge, health_check):
-        return {"stat_prefix": stat_prefix, "vhosts": vhosts, "edge": edge, "health_check": health_check}
+        return {"stat_prefix": stat_prefix, "vhosts": vhosts, "edge": edge, "health_check": health_check,
+                "local_callers": None}
 
 
 def build_model(manifests, net, host, discovery):

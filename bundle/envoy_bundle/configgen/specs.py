@@ -185,6 +185,10 @@ DEFAULTS = Map({
     "ingress": Field(Map({
         "connect_timeout_ms": Field(ms(), default=250),
         "timeout_ms": Field(ms(), default=15000),
+        # A connection to the local app that fails (or a stream reset before the request was
+        # sent) reached nothing: always safe to try again. A new epoch's burst of connections can
+        # overflow a small app's listen backlog; these retries absorb it.
+        "connect_retries": Field(Int(0, 10), default=3),
         "circuit_breakers": Field(Map({
             "max_connections": Field(count(), default=1024),
             "max_pending_requests": Field(count(), default=1024),
@@ -333,4 +337,8 @@ HOST = Map({
     "admin_address": Field(Str(choices=["127.0.0.1"]), default="127.0.0.1"),
     "admin_port": Field(Port(), required=True),
     "log_dir": Field(ABS_PATH, required=True),
+    # static: one envoy.yaml, every change a hot restart; files: a bootstrap plus xDS files under
+    # config_dir that the running Envoy applies without a restart (outputs.py).
+    "config_mode": Field(Str(choices=["static", "files"]), default="static"),
+    "config_dir": Field(ABS_PATH),
 })
