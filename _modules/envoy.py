@@ -172,12 +172,13 @@ def redact(text):
 
 
 @_salt_errors
-def render(redact=True, **kwargs):
+def render(redact=True, files=False, **kwargs):
     """
     This host's Envoy config, rendered by the current bundle's generator from the manifests in
     ``manifest_dir``, pillar ``envoy`` (compiled afresh, as the next highstate will see it) and the
-    host facts. Private keys are redacted unless ``redact=False``. Bad input raises an error naming
-    the file and field.
+    host facts: the effective config, every listener, cluster and route inline; with ``files=True``
+    every file the config mode writes ({path relative to the config dir: text}). Private keys are
+    redacted unless ``redact=False``. Bad input raises an error naming the file and field.
 
     CLI Example:
 
@@ -185,11 +186,17 @@ def render(redact=True, **kwargs):
 
         salt-call envoy.render
         salt-call envoy.render redact=False --out txt
+        salt-call envoy.render files=True
     """
+    lib = _lib()
     pillar = _next_highstate_pillar()
     host = _host(kwargs, pillar)
-    text = _lib().config_render.render(host, pillar.get("envoy") or {}, _node_id())
-    return _lib().redaction.hide_private_keys(text) if redact else text
+    show = lib.redaction.hide_private_keys if redact else (lambda text: text)
+    if files:
+        mode = lib.config_apply.resolve_mode(host)
+        out = lib.config_render.render_outputs(host, pillar.get("envoy") or {}, _node_id(), mode)
+        return {rel: show(text) for rel, text in sorted(out["files"].items())}
+    return show(lib.config_render.render(host, pillar.get("envoy") or {}, _node_id()))
 
 
 @_salt_errors
@@ -218,6 +225,22 @@ def validate(path=None, **kwargs):
     host = _host(kwargs, pillar)
     text = lib.config_render.render(host, pillar.get("envoy") or {}, _node_id())
     return lib.config_validate.validate_text(host, text)
+
+
+@_salt_errors
+def clear_rejected(**kwargs):
+    """
+    Forget the inputs Envoy refused (a files-mode update it rejected, or a config whose new epoch
+    failed), so the next highstate tries them again instead of failing fast with the recorded
+    reason. Returns whether there was a record.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.clear_rejected
+    """
+    return _lib().rejected_inputs.clear(_host(kwargs))
 
 
 @_salt_errors

@@ -166,8 +166,16 @@ def running(name):
         ret.update(result=out["result"], comment=out["comment"])
         return ret
     if status["running"]:
+        failed = None if __opts__["test"] else _lib().lifecycle.settle(_host())
+        if failed:
+            ret.update(result=False, changes={"restart": "hot", "outcome": "failed", "rolled_back": failed["rolled_back"]},
+                       comment=f"the queued hot restart failed: {failed['error']}; the previous config was put back "
+                               "and the running epoch kept serving")
+            return ret
         ret["comment"] = (f"envoy runs under the restarter (pid {status['restarter_pid']}, "
                           f"{status['supervisor']}), epoch {status['epoch']}, {status['state']}")
+        if status.get("restart_queued"):
+            ret["comment"] += f"; {status['restart_queued']}"
         return ret
     left_over = __salt__["envoy.orphans"]()
     ret["changes"] = {"started": True, "supervisor": status["supervisor"]}
@@ -214,13 +222,16 @@ def mod_watch(name, sfun=None, **kwargs):
     if out["kind"] == "none":
         ret["comment"] = out["comment"]
         return ret
-    ret["changes"] = {"restart": out["kind"], "outcome": "success" if out["result"] else "failed",
-                      "epoch": out.get("epoch")}
+    ret["changes"] = {"restart": out["kind"], "epoch": out.get("epoch"),
+                      "outcome": out.get("outcome") if out.get("outcome") == "queued" else
+                      "success" if out["result"] else "failed"}
     for key in ("duration_s", "steps", "rolled_back"):
         if key in out:
             ret["changes"][key] = out[key]
     kind = _RESTART_WORDS[out["kind"]]
-    if out["result"]:
+    if out.get("outcome") == "queued":
+        ret["comment"] = f"envoy {kind} {out['comment']}"
+    elif out["result"]:
         ret["comment"] = f"envoy {kind} done: epoch {out.get('epoch')} LIVE ({out.get('reason')})"
     else:
         ret["result"] = False

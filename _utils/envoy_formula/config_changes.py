@@ -97,19 +97,18 @@ def _compare(kind, old, new):
 
 
 def _compare_routes(old, new):
+    """One line per route name and kind of change, naming the route configs (listeners) it is in:
+    a route served on plain HTTP and HTTPS is one line, not two."""
     lines = []
     for name in sorted(set(old) | set(new)):
         before, after = old.get(name, {}), new.get(name, {})
-        if before == after:
-            continue
-        where = sorted(set(before) | set(after))
-        if not before:
-            what = "added"
-        elif not after:
-            what = "removed"
-        else:
-            what = "changed"
-        lines.append(f"route {name}: {what} ({', '.join(where)})")
+        by_change = {}
+        for config in sorted(set(before) | set(after)):
+            if before.get(config) == after.get(config):
+                continue
+            change = "added" if config not in before else "removed" if config not in after else "changed"
+            by_change.setdefault(change, []).append(config)
+        lines += [f"route {name}: {change} ({', '.join(configs)})" for change, configs in sorted(by_change.items())]
     return lines
 
 

@@ -12,7 +12,16 @@ import signal
 import subprocess
 import time
 
-from . import admin_api, atomic_files, config_file, preflight, processes, restarter_status, supervisor
+from . import (
+    admin_api,
+    atomic_files,
+    config_file,
+    preflight,
+    processes,
+    rejected_inputs,
+    restarter_status,
+    supervisor,
+)
 from .errors import EnvoyFormulaError
 
 log = logging.getLogger(__name__)
@@ -189,6 +198,27 @@ def _send_hup(host, pid):
     return last
 
 
+def draining_epoch(recorded):
+    """The epoch still draining after an earlier hot restart, or None."""
+    return next((e for e in recorded.get("epochs", []) if e.get("state") == "draining"), None)
+
+
+def _queue_hup(host, pid, draining):
+    """A parent still drains: the restarter starts the next epoch once it is gone (a third epoch
+    now would make Envoy end it, cutting the requests it still serves). Queue it and return."""
+    before = _status(host).get("hups", 0)
+    os.kill(pid, signal.SIGHUP)
+    if not processes.wait_for(lambda: (_status(host).get("hups") or 0) > before, 10):
+        raise EnvoyFormulaError(f"the restarter (pid {pid}) did not acknowledge SIGHUP within 10s")
+    recorded = _status(host)
+    until = restarter_status.iso(draining.get("drain_ends_at")) or "its parent shutdown time"
+    return {"result": True, "kind": "hot", "outcome": "queued", "epoch": recorded.get("live_epoch"),
+            "error": None, "exit_code": None, "duration_s": 0.0,
+            "comment": (f"queued: epoch {recorded.get('live_epoch', 0) + 1} starts with this config once epoch "
+                        f"{draining.get('epoch')} has drained (by {until}); until then Envoy serves epoch "
+                        f"{recorded.get('live_epoch')} on the previous config")}
+
+
 def hot_restart_locked(host):
     pid = supervisor.restarter_pid(host)
     if not pid:
@@ -197,6 +227,9 @@ def hot_restart_locked(host):
     if refused:
         return {"result": False, "kind": "hot", "outcome": "refused", "epoch": _status(host).get("live_epoch"),
                 "error": refused, "exit_code": None, "duration_s": 0.0}
+    draining = draining_epoch(_status(host))
+    if draining:
+        return _queue_hup(host, pid, draining)
     started = time.monotonic()
     last = _send_hup(host, pid)
     ok = last.get("outcome") == "success"
@@ -289,6 +322,32 @@ def _already_applied(host, since):
                 and live.get("config_sha256") == atomic_files.sha256_or_none(host["config_file"]))
 
 
+def _remember_refusal(host, error):
+    """The inputs that rendered the config on disk made a new epoch fail: remember them, so the
+    next runs fail fast instead of trying the same thing again."""
+    try:
+        inputs = atomic_files.read_json(config_file.stamp_path(host["config_file"])).get("inputs")
+    except (OSError, ValueError):
+        return
+    rejected_inputs.record(host, inputs, f"a new epoch on this config failed: {error}")
+
+
+def settle(host):
+    """After a queued hot restart ran (with nobody waiting for it): when it failed for the config
+    now on disk, put the previous config back and remember the inputs. Returns what failed, or
+    None."""
+    recorded = _status(host)
+    last = recorded.get("last_restart") or {}
+    on_disk = atomic_files.sha256_or_none(host["config_file"])
+    if (recorded.get("pending_hup") or last.get("outcome") != "failed" or last.get("config_sha256") != on_disk
+            or recorded.get("config_sha256") == on_disk):
+        return None
+    with restart_lock(host):
+        _remember_refusal(host, last.get("error"))
+        rolled = _rollback_and_recover(host)
+    return {"error": last.get("error"), "rolled_back": rolled}
+
+
 def _rollback_and_recover(host):
     """After a failed restart: the previous config goes back; if no Envoy is LIVE any more (a failed
     full restart), wait for the restarter's next cold start, which reads the restored file."""
@@ -325,5 +384,6 @@ def reload(host, since=None, rollback=True):
             out = full_restart_locked(host)
         out["reason"] = plan["reason"]
         if not out["result"] and rollback:
+            _remember_refusal(host, out.get("error"))
             out["rolled_back"] = _rollback_and_recover(host)
         return out

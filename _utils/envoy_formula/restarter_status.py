@@ -17,6 +17,7 @@ status.json (``schema_version`` 1)::
     crashes, last_crash, next_start_in_s
 """
 
+import datetime
 import json
 import os
 
@@ -69,3 +70,10 @@ def read(run_dir):
 def is_restarter(argv, run_dir):
     """Is ``argv`` the restarter of this run dir?"""
     return any(PROCESS_MARK in part for part in argv) and run_dir in argv
+
+
+def iso(seconds):
+    """A time of the status file (epoch seconds) as ISO 8601 UTC; None stays None."""
+    if seconds in (None, ""):
+        return None
+    return datetime.datetime.fromtimestamp(float(seconds), tz=datetime.timezone.utc).isoformat(timespec="seconds")

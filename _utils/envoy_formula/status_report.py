@@ -4,15 +4,20 @@ files on disk and the last scheduled highstate. The first key, ``summary``, is o
 operator scans across ``salt '*' envoy.status``; times are ISO 8601 UTC.
 """
 
-import datetime
+import yaml
 
-from . import admin_api, atomic_files, highstate_record, lifecycle, restarter_status, supervisor
+from . import (
+    admin_api,
+    atomic_files,
+    config_files,
+    highstate_record,
+    lifecycle,
+    restarter_status,
+    supervisor,
+    xds_acceptance,
+)
 
-
-def iso(seconds):
-    if seconds in (None, ""):
-        return None
-    return datetime.datetime.fromtimestamp(float(seconds), tz=datetime.timezone.utc).isoformat(timespec="seconds")
+iso = restarter_status.iso
 
 
 def _epoch(entry):
@@ -37,6 +42,48 @@ def _highstate(host):
     return last
 
 
+def _resources(host, admin_up):
+    """Files mode: each xDS subscription's version in its file and the one Envoy runs (None when
+    the host runs a static config)."""
+    bootstrap = config_files.read(host["config_dir"], config_files.BOOTSTRAP) or ""
+    if "path_config_source" not in bootstrap:
+        return None
+    files = config_files.on_disk(host["config_dir"])
+    generation = next((part.split("/", 1)[0] for part in bootstrap.split("/xds/")[1:]), None)
+    running = {}
+    if admin_up:
+        try:
+            running = xds_acceptance.Watcher(host["admin_port"]).stats_text()
+        except Exception:  # noqa: BLE001 - status must answer whatever the admin API does
+            running = {}
+    out = {}
+    for rel, text in sorted(files.items()):
+        parts = rel.split("/")
+        if not config_files.is_xds(rel) or parts[1] != generation:
+            continue
+        kind = parts[2]
+        name = parts[3] if kind == "rds" else None
+        key = f"rds {name}" if name else kind
+        try:
+            version = (yaml.safe_load(text) or {}).get("version_info")
+        except yaml.YAMLError:
+            version = None
+        out[key] = {"file": version,
+                    "running": running.get(f"{xds_acceptance.stat_prefix(kind, name)}.version_text")}
+    return out
+
+
+def _queued(recorded):
+    """A hot restart waiting for an earlier one's parent to drain, said with when it will start."""
+    if not recorded.get("pending_hup"):
+        return None
+    draining = next((e for e in recorded.get("epochs", []) if e.get("state") == "draining"), None)
+    if not draining:
+        return "hot restart queued"
+    return (f"hot restart queued: starts once epoch {draining.get('epoch')} has drained "
+            f"(by {iso(draining.get('drain_ends_at'))})")
+
+
 def summary(out):
     """One line: LIVE or not, epoch, bundle, whether Envoy runs the config on disk, the last restart
     and the last scheduled highstate."""
@@ -50,11 +97,19 @@ def summary(out):
         parts.append(f"bundle {bundle['current'] or 'none'}")
     config = out["config_sha256"]
     if out["running"]:
-        parts.append("config applied" if config["file"] == config["running"] else
-                     "config on disk NOT running (restart pending or failed)")
+        resources = out.get("resources") or {}
+        behind = sorted(key for key, versions in resources.items() if versions["file"] != versions["running"])
+        if config["file"] != config["running"]:
+            parts.append("config on disk NOT running (restart pending or failed)")
+        elif behind:
+            parts.append(f"xDS files NOT applied: {', '.join(behind)}")
+        else:
+            parts.append("config applied")
     last = out["last_restart"]
     if last:
         parts.append(f"last restart {last.get('kind')} {last.get('outcome')} at {last.get('finished_at') or last.get('started_at')}")
+    if out["restart_queued"]:
+        parts.append(out["restart_queued"])
     if out["hot_restart_blocked"]:
         parts.append("hot restart blocked: next change takes a full restart")
     highstate = out["highstate"]
@@ -96,6 +151,8 @@ def status(host):
         "hot_restart_blocked": recorded.get("hot_restart_blocked"),
         "crashes": recorded.get("crashes"),
         "highstate": _highstate(host),
+        "resources": _resources(host, info.get("state") == "LIVE"),
+        "restart_queued": _queued(recorded) if pid else None,
     }
     out["summary"] = summary(out)
     return out

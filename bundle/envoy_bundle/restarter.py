@@ -4,10 +4,10 @@ Python from the current bundle, via ``bin/envoy-restarter``).
 
 Signals:
   SIGHUP          start the next epoch with the *current* bundle's binary and the config file, once the
-                  running epoch is LIVE; repeated HUPs coalesce into one restart. A parent still
-                  draining then is ended by Envoy itself (the new epoch's parent ends its own
-                  parent): a change never waits for a whole drain, at the cost of the connections
-                  still open on that oldest epoch (idle keep-alives, long-lived streams), which close.
+                  running epoch is LIVE and no parent is still draining; repeated HUPs coalesce into
+                  one restart. (Envoy would end a draining grandparent itself if a third epoch
+                  started, cutting what it still serves: measured, a request in flight fails. So the
+                  HUP waits, queued, and the formula does not wait with it: status says so.)
   SIGTERM/SIGINT  stop every epoch (TERM, then KILL after --stop-timeout) and exit.
   SIGUSR1         forwarded to every epoch (Envoy reopens its logs).
 
@@ -184,6 +184,7 @@ class Epoch:
         self.state = "starting"  # starting -> live -> draining; or exited
         self.live_since_mono = self.started_mono
         self.drain_started_mono = None
+        self.drain_ends_at = None  # wall time this epoch exits at the latest, once it drains
 
     @property
     def pid(self):
@@ -207,6 +208,7 @@ class Epoch:
             "epoch": self.number, "pid": self.pid, "state": self.state, "started_at": self.started_at,
             "binary": self.binary, "bundle_id": self.bundle_id, "config_sha256": self.config_sha256,
             "hot_restart_version": self.hot_restart_version, "log": self.log_path,
+            "drain_ends_at": self.drain_ends_at,
         }
 
 
@@ -384,6 +386,7 @@ class Restarter:
         if previous is not None and previous.alive():
             previous.state = "draining"
             previous.drain_started_mono = time.monotonic()
+            previous.drain_ends_at = now() + self.args.parent_shutdown_time_s
         self.hot_restart_blocked = None
         self.finish_restart("success")
 
@@ -457,6 +460,8 @@ class Restarter:
             return
         if self.live is None or self.candidate is not None:
             return  # still initializing: deferred until the running epoch is LIVE
+        if any(epoch.state == "draining" for epoch in self.epochs):
+            return  # queued until the parent has drained (a third epoch would cut its requests)
         self.pending_hup = False
         if self.hot_restart_blocked:
             self.restart_seq += 1

@@ -7,7 +7,6 @@ switch and then each change hot restart Envoy; a run with nothing changed restar
 """
 
 import json
-
 from pathlib import Path
 
 import pytest

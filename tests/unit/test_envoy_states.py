@@ -178,10 +178,27 @@ RUNNING = {"running": True, "epoch": 2, "restarter_pid": 10, "supervisor": "daem
 STOPPED = {"running": False, "epoch": None, "restarter_pid": None, "supervisor": "daemon", "state": "stopped"}
 
 
-def test_running_when_it_runs_changes_nothing(salt_mods):
+def test_running_when_it_runs_changes_nothing(salt_mods, monkeypatch):
+    from envoy_formula import lifecycle
+
     salt_mods["envoy.status"] = MagicMock(return_value=RUNNING)
+    salt_mods["envoy.settings"] = MagicMock(return_value={})
+    monkeypatch.setattr(lifecycle, "settle", lambda host: None)
     ret = envoy_state.running("envoy")
     assert ret["result"] is True and ret["changes"] == {} and "epoch 2, LIVE" in ret["comment"]
+
+
+def test_running_reports_a_queued_restart_and_settles_one_that_failed(salt_mods, monkeypatch):
+    from envoy_formula import lifecycle
+
+    salt_mods["envoy.status"] = MagicMock(return_value={**RUNNING, "restart_queued": "hot restart queued: ..."})
+    salt_mods["envoy.settings"] = MagicMock(return_value={})
+    monkeypatch.setattr(lifecycle, "settle", lambda host: None)
+    assert envoy_state.running("envoy")["comment"].endswith("; hot restart queued: ...")
+    monkeypatch.setattr(lifecycle, "settle", lambda host: {"error": "epoch 3 exited with code 1", "rolled_back": True})
+    ret = envoy_state.running("envoy")
+    assert ret["result"] is False and ret["changes"]["outcome"] == "failed"
+    assert ret["comment"].startswith("the queued hot restart failed: epoch 3 exited with code 1; the previous config")
 
 
 def test_running_test_mode_predicts_the_start_and_the_orphans(salt_mods, opts):

@@ -1,6 +1,6 @@
 """
 Pure logic of the restarter (envoy_bundle/restarter.py): arguments, the decisions of its main loop
-(defer, coalesce, no wait for a draining parent, refuse when blocked, backoff), failure records. Epochs
+(defer, coalesce, queued while a parent drains, refuse when blocked, backoff), failure records. Epochs
 here are stand-ins; the real envoy runs in tests/integration/test_restarter_faults.py.
 """
 
@@ -113,14 +113,18 @@ def test_repeated_hups_coalesce_into_one_restart(sup):
     assert sup.last_restart["epoch"] == 1
 
 
-def test_a_draining_parent_does_not_hold_back_the_next_epoch(sup):
-    """Envoy ends a draining grandparent itself when a newer epoch starts: the restarter does not
-    make a change wait for the whole drain."""
+def test_a_hup_while_a_parent_drains_is_queued_until_it_has_drained(sup):
+    """A third epoch would make Envoy end the draining grandparent and cut what it still serves:
+    the HUP stays queued until the parent is gone (the formula does not wait for it)."""
     sup.live = fake_epoch(1, "live")
     sup.epochs = [fake_epoch(0, "draining"), sup.live]
     sup.pending_hup = True
     sup.maybe_hot_restart()
-    assert sup.started == [(2, "hot")] and not sup.pending_hup
+    assert sup.started == [] and sup.pending_hup
+    sup.epochs[0].proc.returncode = 0  # the parent finished draining
+    sup.forget_exited()
+    sup.maybe_hot_restart()
+    assert sup.started == [(2, "hot")]
 
 
 def test_a_blocked_hot_restart_is_refused_without_starting_anything(sup):

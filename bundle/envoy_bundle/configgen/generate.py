@@ -3,6 +3,7 @@
 from .errors import ConfigError, Problems
 from .inputs import check_host, check_pillar, parse_manifest, read_manifest_dir
 from .model import build_model
+from .outputs import client_config, outputs
 from .policy import (
     check_manifest_bounds,
     check_manifest_references,
@@ -12,7 +13,6 @@ from .policy import (
     check_ports,
     check_roles_fit,
 )
-from .outputs import client_config, outputs
 from .render import render
 from .schema import INVALID, Where, indexed
 

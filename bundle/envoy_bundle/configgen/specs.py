@@ -193,6 +193,9 @@ DEFAULTS = Map({
             "max_connections": Field(count(), default=1024),
             "max_pending_requests": Field(count(), default=1024),
             "max_requests": Field(count(), default=1024),
+            # Retries in flight at once (Envoy's default is 3): the connect retries above never
+            # reach the app, so a burst of refused connects may all retry.
+            "max_retries": Field(Int(0, 1_000_000), default=1024),
         }), default={}),
     }), default={}),
     "databases": Field(Map({
