@@ -266,7 +266,7 @@ class CheckedList(list):
 
 def indexed(items):
     """(index in the input, item) of a checked list (enumerate for a plain one)."""
-    return zip(getattr(items, "positions", range(len(items))), items)
+    return zip(getattr(items, "positions", range(len(items))), items, strict=True)
 
 
 class ListOf(Spec):
