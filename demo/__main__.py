@@ -5,8 +5,9 @@ Two sandbox hosts under .demo/ run the real `salt-call --local` with the example
 ``front1`` (the edge) and ``svc1`` (a service host where foo and bar run behind their sidecar).
 The demo builds a bundle, starts the two apps, drops their manifests, applies the formula on both
 hosts, and sends requests through the edge route and the sidecar's egress. Then, with a client
-sending requests throughout, it adds a route to the pillar, applies again, and shows the front's
-hot restart (epoch 0 -> 1), the new route served and zero failed requests.
+sending requests throughout, it adds a route to the pillar and applies again: the new route is
+served without a restart (the epoch stays 0). Then a bootstrap change (a statsd sink) hot restarts
+the front (epoch 0 -> 1). Zero failed requests through both.
 
 `make demo-down` (python -m demo down) stops everything; `make demo` again starts afresh.
 """
@@ -25,7 +26,7 @@ import yaml
 from envoy_bundle.builder import build, write_pillar
 
 from tests.helpers.load import LoadRunner
-from tests.helpers.net import http_get, wait_for
+from tests.helpers.net import free_port, http_get, wait_for
 from tests.helpers.sandbox import REPO, SandboxHost
 
 DEMO = REPO / ".demo"
@@ -128,28 +129,39 @@ def up():
     code, _ = http_get(FRONT_URL + "/bar")
     step(rows, "edge  GET /bar (no route yet)", str(code))
 
-    say("A pillar edit adds the route /bar -> bar; the front hot restarts while a client keeps sending")
-    before = status(hosts["front1"])
     front_sls = PILLAR / "envoy" / "front.sls"
-    data = yaml.safe_load(front_sls.read_text())
-    data["envoy"]["routes"].append(NEW_ROUTE)
-    front_sls.write_text(yaml.safe_dump(data, sort_keys=False))
-    with LoadRunner(FRONT_URL + "/foo/load", connections=20) as load:
-        time.sleep(2)
-        states = apply(hosts["front1"])
-        wait_for(lambda: http_get(FRONT_URL + "/bar")[0] == 200, timeout=60, what="the new route /bar")
-        time.sleep(2)
-    after = status(hosts["front1"])
-    restart = states.get("envoy-service-running", {})
-    step(rows, "highstate front1", summarize(states))
-    step(rows, "restart", f"{restart.get('comment', '').splitlines()[0] if restart.get('comment') else ''}")
-    step(rows, "front epoch", f"{before.get('epoch')} -> {after.get('epoch')}")
+    failed = []
+    for title, edit, check in (
+            ("A pillar edit adds the route /bar -> bar: applied live, no restart, while a client keeps sending",
+             lambda data: data["envoy"]["routes"].append(NEW_ROUTE),
+             lambda: http_get(FRONT_URL + "/bar")[0] == 200),
+            ("A bootstrap change (a statsd sink) hot restarts the front, while the client keeps sending",
+             lambda data: data["envoy"].setdefault("observability", {}).update(
+                 {"stats": {"sink": "statsd", "address": "127.0.0.1", "port": free_port()}}),
+             lambda: True)):
+        say(title)
+        before = status(hosts["front1"])
+        data = yaml.safe_load(front_sls.read_text())
+        edit(data)
+        front_sls.write_text(yaml.safe_dump(data, sort_keys=False))
+        with LoadRunner(FRONT_URL + "/foo/load", connections=20) as load:
+            time.sleep(2)
+            states = apply(hosts["front1"])
+            wait_for(check, timeout=60, what="the change served")
+            time.sleep(2)
+        after = status(hosts["front1"])
+        config = states.get("envoy-config-file-managed", {})
+        restart = states.get("envoy-service-running", {})
+        step(rows, "highstate front1", summarize(states))
+        step(rows, "config", (config.get("comment") or "").splitlines()[0][-120:])
+        step(rows, "restart", (restart.get("comment") or "").splitlines()[0] if restart.get("comment") else "")
+        step(rows, "front epoch", f"{before.get('epoch')} -> {after.get('epoch')}")
+        result = load.result
+        step(rows, "client meanwhile", f"{result.total} requests, {result.failed} failed, "
+             f"p50 {result.percentile(50):.1f} ms, p99 {result.percentile(99):.1f} ms")
+        failed += result.errors[:5]
     code, body = http_get(FRONT_URL + "/bar/hello")
     step(rows, "edge  GET /bar/hello", f"{code} {body.strip()}")
-    result = load.result
-    step(rows, "client during restart",
-         f"{result.total} requests, {result.failed} failed, p50 {result.percentile(50):.1f} ms, "
-         f"p99 {result.percentile(99):.1f} ms")
 
     say("Again, with nothing changed: no restart")
     states = apply(hosts["front1"])
@@ -163,8 +175,8 @@ def up():
           f"admin on 127.0.0.1:{HOSTS['front1']['admin_port']} and :{HOSTS['svc1']['admin_port']}.")
     print("Operate it: .venv/bin/salt-call --local --config-dir .demo/front1/salt-conf envoy.status")
     print("Stop everything: make demo-down")
-    if result.failed:
-        print(f"FAILED requests during the hot restart: {result.errors[:5]}", file=sys.stderr)
+    if failed:
+        print(f"FAILED requests: {failed}", file=sys.stderr)
         return 1
     return 0
 

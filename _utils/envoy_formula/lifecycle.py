@@ -198,6 +198,11 @@ def _send_hup(host, pid):
     return last
 
 
+# A parent about to exit is waited for (the restart then reports its own outcome); one that drains
+# longer (an edge drains for minutes) gets the restart queued behind it instead.
+WAIT_FOR_DRAIN_S = 15.0
+
+
 def draining_epoch(recorded):
     """The epoch still draining after an earlier hot restart, or None."""
     return next((e for e in recorded.get("epochs", []) if e.get("state") == "draining"), None)
@@ -211,6 +216,8 @@ def _queue_hup(host, pid, draining):
     if not processes.wait_for(lambda: (_status(host).get("hups") or 0) > before, 10):
         raise EnvoyFormulaError(f"the restarter (pid {pid}) did not acknowledge SIGHUP within 10s")
     recorded = _status(host)
+    # Nobody waits for this restart: the next run settles it (settle()).
+    atomic_files.write_json(_queued_path(host), {"hup": recorded.get("hups")})
     until = restarter_status.iso(draining.get("drain_ends_at")) or "its parent shutdown time"
     return {"result": True, "kind": "hot", "outcome": "queued", "epoch": recorded.get("live_epoch"),
             "error": None, "exit_code": None, "duration_s": 0.0,
@@ -228,7 +235,7 @@ def hot_restart_locked(host):
         return {"result": False, "kind": "hot", "outcome": "refused", "epoch": _status(host).get("live_epoch"),
                 "error": refused, "exit_code": None, "duration_s": 0.0}
     draining = draining_epoch(_status(host))
-    if draining:
+    if draining and (draining.get("drain_ends_at") or 0) - time.time() > WAIT_FOR_DRAIN_S:
         return _queue_hup(host, pid, draining)
     started = time.monotonic()
     last = _send_hup(host, pid)
@@ -332,17 +339,27 @@ def _remember_refusal(host, error):
     rejected_inputs.record(host, inputs, f"a new epoch on this config failed: {error}")
 
 
+def _queued_path(host):
+    return os.path.join(host["run_dir"], "queued-restart.json")
+
+
 def settle(host):
-    """After a queued hot restart ran (with nobody waiting for it): when it failed for the config
-    now on disk, put the previous config back and remember the inputs. Returns what failed, or
-    None."""
+    """After a queued hot restart ran (nobody waited for it): when it failed, put the previous
+    config back and remember the inputs, as a waited-for restart does. Returns what failed, or None
+    (nothing queued, still queued, or it went well)."""
+    try:
+        queued = atomic_files.read_json(_queued_path(host))
+    except (OSError, ValueError):
+        return None
     recorded = _status(host)
     last = recorded.get("last_restart") or {}
-    on_disk = atomic_files.sha256_or_none(host["config_file"])
-    if (recorded.get("pending_hup") or last.get("outcome") != "failed" or last.get("config_sha256") != on_disk
-            or recorded.get("config_sha256") == on_disk):
-        return None
+    if recorded.get("pending_hup") or (last.get("hup") or 0) < (queued.get("hup") or 0) or \
+            last.get("outcome") not in ("success", "failed", "refused"):
+        return None  # not run yet
     with restart_lock(host):
+        os.unlink(_queued_path(host))
+        if last.get("outcome") == "success":
+            return None
         _remember_refusal(host, last.get("error"))
         rolled = _rollback_and_recover(host)
     return {"error": last.get("error"), "rolled_back": rolled}
