@@ -3,7 +3,8 @@ The mesh lab's apps, each a plain Python process with nothing but the standard l
 ``envoy_client`` for foo), the way many real services are written:
 
 - ``bar``: a stdlib ``http.server.ThreadingHTTPServer``. Logs each request's ``x-request-id`` and
-  answers with its host name: ``{"service": "bar", "host": ..., "request_id": ..., "path": ...}``.
+  answers with its host name: ``{"service": "bar", "host": ..., "request_id": ..., "path": ...}``
+  (``/sleep/<ms>/...`` answers after that long).
 - ``foo``: a WSGI app behind ``envoy_client.WSGIMiddleware`` (the propagation middleware), served by
   a small threaded stdlib server. ``/foo/...`` calls bar through the local Envoy egress with
   ``envoy_client.get("bar", ...)`` and returns bar's answer; ``/direct/...`` makes the same call
@@ -85,6 +86,8 @@ def serve_bar(args):
             if self.path == "/healthcheck":
                 self.send_body(200, "OK", "text/plain")
                 return
+            if self.path.startswith("/sleep/"):  # /sleep/<ms>: a slow answer
+                time.sleep(int(self.path.split("/")[2]) / 1000.0)
             body = json.dumps({"service": "bar", "host": host, "request_id": request_id, "path": self.path})
             self.send_body(200, body)
             log.request(request_id, "GET", self.path, 200)

@@ -163,8 +163,11 @@ def orderly_shutdown(mesh, host, rate=200, settle_s=2.0, gone_timeout=60):
     try:
         time.sleep(settle_s)
         began = time.monotonic()
-        states = mesh.salt(host, "state.apply", "envoy.clean")[host]
+        # queue=True: a scheduled highstate running right now finishes first (else Salt refuses).
+        states = mesh.salt(host, "state.apply", "envoy.clean", "queue=True")[host]
         cleaned = time.monotonic()
+        if not isinstance(states, dict):
+            raise AssertionError(f"state.apply envoy.clean on {host}: {states}")
         wait_for(lambda: foo_view(mesh, host) != "", timeout=gone_timeout, interval=0.1,
                  what=f"foo's Envoy taking {host} out")
         gone = time.monotonic()
