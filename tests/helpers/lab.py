@@ -232,7 +232,7 @@ class Host:
         self.lab = lab
         self.name = name
         self.address = str(lab.network.network_address + 10 + number)
-        self.mac = "02:00:%02x:%02x:%02x:%02x" % tuple(int(o) for o in self.address.split("."))
+        self.mac = "02:00:" + ":".join(f"{int(o):02x}" for o in self.address.split("."))
         self.veth = f"vl-{name}"[:15]
         self.disk = lab.workdir / "disks" / name
         self.proc = None   # the unshare process (in our pid namespace)

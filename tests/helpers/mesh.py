@@ -44,7 +44,10 @@ PORTS = {"edge": 8080, "foo_ingress": 9211, "bar_ingress": 9212, "foo_app": 1808
 ACCESS_LOG_FORMAT = (
     "[%START_TIME%] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% flags=%RESPONSE_FLAGS% %DURATION%ms "
     "rid=%REQ(X-REQUEST-ID)% route=%ROUTE_NAME% cluster=%UPSTREAM_CLUSTER% upstream=%UPSTREAM_HOST% "
-    "local=%DOWNSTREAM_LOCAL_ADDRESS% attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT%"
+    "local=%DOWNSTREAM_LOCAL_ADDRESS% attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% "
+    # Envoy's own time on this hop = total - upstream (first request byte in to last response byte
+    # out, minus first byte sent upstream to last byte back), in microseconds.
+    "total_us=%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)% upstream_us=%COMMON_DURATION(US_TX_BEG:US_RX_END:us)%"
 )
 # What a dead host costs callers depends on these (see tests/mesh/README.md for why each is needed):
 MESH_TUNING = {
@@ -64,8 +67,9 @@ SCHEDULE_SPLAY = 2
 PYTHON = sys.executable
 
 
-def lab_pillar(lab):
-    """What the network team sets for this fleet, on top of the repo's example pillar."""
+def lab_pillar(lab, tuning=True):
+    """What the network team sets for this fleet, on top of the repo's example pillar; ``tuning``:
+    with :data:`MESH_TUNING` (without it, the example pillar's upstream defaults)."""
     discovery = lab.address("discovery")
     return {"envoy": {
         "lookup": {"supervisor": "daemon"},  # no systemd in the lab hosts
@@ -92,7 +96,7 @@ def lab_pillar(lab):
             # every second; two failed checks take it out, two good ones bring it back.
             "health_check": {"interval_ms": 1000, "timeout_ms": 500, "no_traffic_interval_ms": 1000,
                              "unhealthy_threshold": 2, "healthy_threshold": 2},
-            **MESH_TUNING,
+            **(MESH_TUNING if tuning else {}),
         }},
     }}
 
@@ -147,9 +151,10 @@ class LoadRun:
 
 
 class Mesh:
-    def __init__(self, workdir, bundle, extra_bundles=(), pillar_overrides=None):
+    def __init__(self, workdir, bundle, extra_bundles=(), pillar_overrides=None, tuning=True):
         """``bundle``: (tarball, sha256) every host runs; ``extra_bundles``: more archives the master
-        publishes (upgrades); ``pillar_overrides``: merged over :func:`lab_pillar`."""
+        publishes (upgrades); ``pillar_overrides``: merged over :func:`lab_pillar` (with ``tuning``)."""
+        self.tuning = tuning
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.bundle = bundle
@@ -241,7 +246,7 @@ class Mesh:
 
     def set_lab_pillar(self, overrides):
         """Rewrite the master's ``lab.sls``: :func:`lab_pillar`, the mesh's overrides, then ``overrides``."""
-        data = deep_merge(deep_merge(lab_pillar(self.lab), self.pillar_overrides), overrides)
+        data = deep_merge(deep_merge(lab_pillar(self.lab, self.tuning), self.pillar_overrides), overrides)
         self.lab.path("master", "/srv/pillar/lab.sls").write_text(
             "# The network team's settings for the lab fleet (tests/helpers/mesh.py).\n"
             + yaml.safe_dump(data, sort_keys=False))

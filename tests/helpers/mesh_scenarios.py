@@ -75,7 +75,8 @@ def egress_flags(mesh, since_wall):
 
 
 def power_loss(mesh, host="bar2", rate=200, before_s=3.0, after_eject_s=3.0, eject_timeout=30,
-               back_timeout=SCHEDULE_SECONDS + SCHEDULE_SPLAY + 90):
+               back_timeout=SCHEDULE_SECONDS + SCHEDULE_SPLAY + 90, come_back=True):
+    """``come_back=False``: the host stays off (no reboot, no wait for its return)."""
     ip = mesh.lab.address(host)
     retries_before = mesh.stat("foo", "cluster.bar.upstream_rq_retry")
     wall_start = time.time()
@@ -91,11 +92,13 @@ def power_loss(mesh, host="bar2", rate=200, before_s=3.0, after_eject_s=3.0, eje
         time.sleep(after_eject_s)
         on = time.monotonic()
         on_wall = time.time()
-        mesh.lab.power_on(host)
-        wait_for(lambda: foo_view(mesh, host) == "", timeout=back_timeout, interval=0.25,
-                 what=f"{host} healthy again in foo's Envoy")
-        healthy = time.monotonic()
-        time.sleep(3)
+        healthy = None
+        if come_back:
+            mesh.lab.power_on(host)
+            wait_for(lambda: foo_view(mesh, host) == "", timeout=back_timeout, interval=0.25,
+                     what=f"{host} healthy again in foo's Envoy")
+            healthy = time.monotonic()
+            time.sleep(3)
     finally:
         result = load.stop()
     registration = next((h for h in mesh.registrations("bar") if h["ip_address"] == ip), None)
@@ -105,8 +108,8 @@ def power_loss(mesh, host="bar2", rate=200, before_s=3.0, after_eject_s=3.0, eje
         "failed_before_eject": sum(1 for r in result["records"] if r["status"] != 200
                                    and off <= absolute(result, r) < ejected),
         "eject_s": ejected - off, "ejected_as": seen,
-        "power_on_to_healthy_s": healthy - on,
-        "served_after_back": served_by(result, since=healthy)[host],
+        "power_on_to_healthy_s": healthy - on if healthy else None,
+        "served_after_back": served_by(result, since=healthy)[host] if healthy else None,
         "served_while_off": served_by(result, since=off + 1, until=on)[host],
         "retries_at_foo": mesh.stat("foo", "cluster.bar.upstream_rq_retry") - retries_before,
         "egress_flags": egress_flags(mesh, wall_start),
@@ -207,4 +210,32 @@ def latency(mesh, rate=200, seconds=10, rounds=3, warmup_s=3):
         out[name] = {"n": len(values), "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99)}
     for pct in ("p50_ms", "p99_ms"):
         out[f"added_per_hop_{pct}"] = (out["mesh"][pct] - out["direct"][pct]) / ENVOY_HOPS
+    out["envoy_own_ms"] = envoy_own_time(mesh, "/foo/bench")
+    return out
+
+
+HOP_ROUTES = {"edge": ("edge", "foo"), "foo ingress": ("foo", "local_foo"), "foo egress": ("foo", "bar"),
+              "bar ingress": (None, "local_bar")}
+
+
+def envoy_own_time(mesh, path):
+    """Per hop, from the access logs: Envoy's own time (total - upstream) of requests to ``path``,
+    p50/p99 in ms; "all" pools the four hops."""
+    own = {hop: [] for hop in HOP_ROUTES}
+    for host in ("edge", "foo", "bar1", "bar2"):
+        for line in mesh.access_log(host):
+            if f" {path} " not in line or " 200 " not in line:
+                continue
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            hop = next((h for h, (on, route) in HOP_ROUTES.items()
+                        if fields.get("route") == route and on in (None, host)), None)
+            try:
+                own[hop].append((int(fields["total_us"]) - int(fields["upstream_us"])) / 1000.0)
+            except (KeyError, ValueError):
+                continue
+    own["all"] = [v for values in own.values() for v in values]
+    out = {}
+    for hop, values in own.items():
+        values.sort()
+        out[hop] = {"n": len(values), "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99)}
     return out
