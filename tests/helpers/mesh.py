@@ -49,7 +49,7 @@ ACCESS_LOG_FORMAT = (
     # out, minus first byte sent upstream to last byte back), in microseconds.
     "total_us=%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)% upstream_us=%COMMON_DURATION(US_TX_BEG:US_RX_END:us)%"
 )
-# What a dead host costs callers depends on these (see tests/mesh/README.md for why each is needed):
+# What a dead host costs callers depends on these (docs/mesh-lab.md says why each is needed):
 MESH_TUNING = {
     # A request sent on a pooled connection to a host that lost power gets no answer and no reset:
     # without a per-try timeout it waits out the whole route timeout (504 UT) instead of retrying.
