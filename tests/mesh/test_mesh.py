@@ -163,6 +163,8 @@ def test_bundle_upgrade_hot_restarts_bar1_under_load_without_a_failed_request(me
     out = scenarios.bundle_upgrade(mesh, "bar1", upgrade_bundle)
     print({k: v for k, v in out.items() if k != "load"})
     assert out["failed"]["count"] == 0, out["failed"]
+    # Not even hidden by the edge's retry: every call of foo's egress to bar was answered.
+    assert set(out["egress_flags"]) == {"-"}, out["egress_flags"]
     assert out["bundle_id"] in upgrade_bundle[0].name
     assert out["served_during_drain"] > 0 and out["served_after"] > 0, out
 
