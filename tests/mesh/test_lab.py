@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.helpers import lab as lab_module
 from tests.helpers.lab import LAB, Lab, LabError, require_lab
 
 LISTEN = (f"{sys.executable} -c \"import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 7000)); "
@@ -80,3 +81,12 @@ def test_power_loss_is_silent_and_a_reboot_keeps_the_disk(lab):
     while connect(lab, "alpha", "beta") != "connected":  # the boot unit started it again
         assert time.monotonic() < deadline, "the boot unit did not run after the reboot"
         time.sleep(0.2)
+
+
+def test_without_root_or_tools_the_lab_says_why(monkeypatch):
+    """Runs anywhere: what a test that needs the lab skips with."""
+    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 1000)
+    assert "needs root" in lab_module.missing_requirements()
+    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(lab_module.shutil, "which", lambda tool: None if tool == "nsenter" else "/usr/bin/" + tool)
+    assert lab_module.missing_requirements().startswith("needs nsenter")
