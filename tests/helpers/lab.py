@@ -122,7 +122,7 @@ for i in "${{!keep[@]}}"; do
   mkdir -p "${{keep[$i]}}"
   mount --move "/dev/shm/.lab-keep/$i" "${{keep[$i]}}"
 done
-rm -rf /dev/shm/.lab-keep
+if [ -d /dev/shm/.lab-keep ]; then rmdir /dev/shm/.lab-keep/* /dev/shm/.lab-keep; fi  # empty now: rmdir, never rm -r
 # sysfs of this host's network namespace (its own /sys/class/net), with the machine's cgroup tree
 # kept (Envoy reads it at start, and logs a warning without it).
 if mountpoint -q /sys/fs/cgroup; then mkdir -p /dev/shm/.lab-cgroup; mount --rbind /sys/fs/cgroup /dev/shm/.lab-cgroup; fi
