@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -281,10 +282,17 @@ def binary_hot_restart_version(host):
                               timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EnvoyFormulaError(f"{binary} --hot-restart-version failed: {exc}") from exc
-    version = (proc.stdout + proc.stderr).strip()
+    version = hot_restart_version_in(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not version:
-        raise EnvoyFormulaError(f"{binary} --hot-restart-version failed: {version or proc.returncode}")
+        raise EnvoyFormulaError(f"{binary} --hot-restart-version failed: {(proc.stdout + proc.stderr).strip()[-300:] or proc.returncode}")
     return version
+
+
+def hot_restart_version_in(output):
+    """The version line of ``envoy --hot-restart-version`` (``11.104``): Envoy may log other lines
+    first (a cgroup warning), which must not make every bundle look like another version."""
+    lines = [line.strip() for line in output.splitlines() if re.fullmatch(r"\d+\.\d+", line.strip())]
+    return lines[-1] if lines else None
 
 
 def restart_kind(host):

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import select
 import signal
 import subprocess
@@ -161,7 +162,10 @@ def _run_hot_restart_version(binary, timeout):
                               timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return (proc.stdout + proc.stderr).strip() or None
+    # The version line only: Envoy may log a warning (cgroups) before it.
+    versions = [line.strip() for line in (proc.stdout + proc.stderr).splitlines()
+                if re.fullmatch(r"\d+\.\d+", line.strip())]
+    return versions[-1] if versions else None
 
 
 # --- epochs ------------------------------------------------------------------------------------

@@ -8,9 +8,6 @@ Load comes from the lab network (tests/helpers/openloop.py: open loop, bounded i
 into the edge, so a request that fails anywhere on the path is counted: status != 200 or a
 connection error. One mesh serves the whole module; the tests run in file order and the last ones
 change the fleet (a bundle upgrade on bar1, a power loss of bar2, bar2 leaving). Needs root.
-
-Tests marked xfail(strict=True) name a change the config generator or the formula still needs
-(both are being reworked elsewhere); they pass once it lands, and strict makes that visible.
 """
 
 import datetime
@@ -108,10 +105,6 @@ def test_spans_from_every_hop_reach_the_collector_as_one_trace(mesh):
     assert by_hop["bar ingress"][0]["localEndpoint"]["ipv4"] == mesh.lab.address(answer["host"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config generator: the sidecar egress listener needs traffic_direction: OUTBOUND (ingress and "
-    "front: INBOUND). Without it every hop makes a SERVER span that shares its caller's span id, so "
-    "all spans of a request carry one span id and no parentId; Zipkin cannot nest them."))
 def test_spans_form_a_caller_callee_tree(mesh):
     _path, answer = one_request(mesh, "tree")
     spans, by_hop = trace_of(mesh, answer["request_id"])
@@ -132,11 +125,6 @@ def test_requests_spread_over_both_bar_hosts_served_by_a_stdlib_server(mesh):
     assert "Server: BaseHTTP/" in head, head  # bar is Python's own http.server
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config generator: the egress HTTP connection manager must trust loopback callers "
-    "(use_remote_address: true, internal_address_config 127.0.0.1/32; client/README.md, What the "
-    "egress must do). Without it Envoy strips the router headers envoy_client sends, so a call's "
-    "timeout_ms and retries silently do nothing (the route's own policy applies)."))
 def test_envoy_client_call_policy_reaches_the_egress(mesh):
     mesh.wait_path_ready()
     code = ("import envoy_client\n"
@@ -146,10 +134,6 @@ def test_envoy_client_call_policy_reaches_the_egress(mesh):
     assert out[0] == "504", f"bar's 150 ms answer was not cut at the call's 50 ms: {out}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "formula: nothing writes /etc/envoy/client.json on sidecar hosts (client/README.md says the "
-    "formula does: egress, pillar defaults and bounds, each manifest's upstreams), so envoy_client "
-    "falls back to 127.0.0.1:9001 and library defaults without the network team's bounds."))
 def test_the_formula_writes_client_json_on_sidecar_hosts(mesh):
     document = json.loads(mesh.lab.path("foo", "/etc/envoy/client.json").read_text())
     assert document["egress"] == {"address": "127.0.0.1", "port": PORTS["egress"]}
@@ -196,10 +180,6 @@ def test_orderly_shutdown_of_a_bar_host_loses_nothing(mesh):
     assert out["served_after_clean"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "formula: envoy.dead (envoy.service.clean) calls envoy.stop, not lifecycle.drain_then_stop: "
-    "Envoy stops without failing its health check first and waiting drain_time_s, so callers still "
-    "route to it and only their retries hide the connections it drops."))
 def test_orderly_shutdown_drains_before_envoy_stops(mesh):
     out = OUTCOMES.get("shutdown")
     if out is None:

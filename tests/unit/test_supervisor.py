@@ -54,3 +54,12 @@ def test_hot_restart_memory_left_by_another_user_is_refused_before_start(tmp_pat
     else:
         preflight.check_shared_memory(host)
     preflight.check_shared_memory({**host, "base_id": 43})  # no segment: nothing to say
+
+
+def test_the_hot_restart_version_ignores_what_envoy_logs_before_it():
+    from envoy_formula import lifecycle
+
+    logged = ("[2026-11-27 08:00:00.000][1][warning][misc] Expected cgroup v1 files not accessible\n"
+              "11.104\n")
+    assert lifecycle.hot_restart_version_in(logged) == "11.104"
+    assert lifecycle.hot_restart_version_in("error: no such option\n") is None

@@ -10,9 +10,6 @@ from .specs import STREAM_KNOBS
 SAFE_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
 REDIRECT_CODE_NAMES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER",
                        307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}
-# How often Envoy polls the discovery service (REST EDS). Envoy adds its own jitter of up to one more
-# refresh_delay, so 20 s polls every 20-40 s: about 30 s on average, spread across the fleet.
-EDS_REFRESH = "20s"
 
 
 def split_host_port(value):
@@ -132,6 +129,7 @@ class ModelBuilder:
             "outlier": outlier if outlier and outlier["enabled"] else None,
             "health_check": health_check,
             "eds_service": name if eds else None,
+            "eds_refresh_ms": upstream["eds_refresh_ms"],
         }
 
     def upstream_settings(self, override=None):
@@ -158,7 +156,7 @@ class ModelBuilder:
         # retries envoy_client sets per call) and tells them why a call failed (response flags).
         hcm["local_callers"] = {"address": egress["address"]}
         self.listeners.append({"kind": "http", "name": "egress", "address": egress["address"], "port": egress["port"],
-                               "hcm": hcm})
+                               "hcm": hcm, "direction": "OUTBOUND"})
 
     def egress_vhost(self, upstream, egress_port):
         name = upstream["service"]
@@ -176,7 +174,7 @@ class ModelBuilder:
         # are off for a stream; without max_stream_duration_ms nothing changes for unary calls.
         stream = settings.get("max_stream_duration_ms")
         return {
-            "cluster": cluster, "timeout_ms": 0 if stream else settings["timeout_ms"],
+            "cluster": cluster, "other_hosts": cluster in self.services, "timeout_ms": 0 if stream else settings["timeout_ms"],
             "max_stream_duration_ms": stream, "stream_idle_timeout_ms": settings.get("stream_idle_timeout_ms"),
             "retries": settings["retries"], "retry_on": settings["retry_on"],
             "per_try_timeout_ms": None if stream else settings.get("per_try_timeout_ms"),
@@ -200,7 +198,7 @@ class ModelBuilder:
                  "routes": [{"name": local, "match": {"kind": "prefix", "value": "/", "headers": []}, "route": route}]}
         self.listeners.append({
             "kind": "http", "name": f"ingress_{service}", "address": self.net["listeners"]["ingress"]["address"],
-            "port": ingress["port"],
+            "port": ingress["port"], "direction": "INBOUND",
             "hcm": self.hcm(f"ingress_{service}", [vhost], edge=False,
                             health_check={"path": ingress["health_check"], "pass_through": True}),
         })
@@ -213,6 +211,7 @@ class ModelBuilder:
         rate = (database.get("rate_limit") or {}).get("connections_per_second")
         self.listeners.append({
             "kind": "database", "name": f"db_{name}", "address": "127.0.0.1", "port": database["listen_port"],
+            "direction": "OUTBOUND",
             "cluster": name, "mongo": entry["type"] == "mongo", "connections_per_second": rate,
         })
 
@@ -222,6 +221,7 @@ class ModelBuilder:
         self.add_catalogue_cluster(name, settings, None, health=False)
         self.listeners.append({
             "kind": "cache", "name": f"cache_{name}", "address": "127.0.0.1", "port": cache["listen_port"],
+            "direction": "OUTBOUND",
             "cluster": name, "op_timeout_ms": settings["op_timeout_ms"],
         })
 

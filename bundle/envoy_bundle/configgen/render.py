@@ -6,8 +6,6 @@ import os
 
 import jinja2
 
-from .model import EDS_REFRESH
-
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 
 
@@ -35,7 +33,6 @@ def environment():
     )
     env.filters["q"] = quote
     env.filters["dur"] = duration
-    env.globals["eds_refresh"] = EDS_REFRESH
     return env
 
 

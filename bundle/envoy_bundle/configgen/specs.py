@@ -181,6 +181,10 @@ DEFAULTS = Map({
         }), default={}),
         "outlier_detection": Field(OUTLIER_DETECTION, default={}),
         "health_check": Field(HEALTH_CHECK, default={}),
+        # How often Envoy polls the discovery service for an eds service's endpoints. Envoy adds
+        # its own jitter of up to one more interval: 20 s polls every 20-40 s, about 30 s on
+        # average, spread across the fleet.
+        "eds_refresh_ms": Field(Int(1000, 3_600_000), default=20000),
     }), default={}),
     "ingress": Field(Map({
         "connect_timeout_ms": Field(ms(), default=250),
