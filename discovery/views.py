@@ -1,0 +1,131 @@
+"""
+What a reader (EDS, ``GET /v1/registration``) sees of one service, and the per-worker cache of it.
+
+The sweep guard: a host that stops checking in expires after the TTL and is hidden, unless so many
+of its service's hosts have expired together that it looks like a registration outage rather than
+hosts dying; then the service is *held*: every stored host stays visible and the sweeper deletes
+nothing, until check-ins resume (the share drops) or an operator forces a sweep. Reads and the
+sweeper apply the same rule (``SweepGuard.holds``) to the same counts, so they always agree.
+
+The cache keeps, per service, the answer already serialised for EDS and its version. An entry is
+dropped when the store stamps the service (any change a reader could see: see ``discovery.store``),
+when this worker writes to it, and when its earliest live host is due to expire. Stamps from other
+workers and instances are polled every ``check_interval`` seconds; when polls fail, the cache is
+bypassed after two intervals (reads then go to the store, and fail like it).
+"""
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from discovery import eds
+from discovery.store import StoreError
+
+log = logging.getLogger("discovery")
+
+
+@dataclass(frozen=True)
+class SweepGuard:
+    """Hold a service when more than ``min_hosts`` of its hosts and more than ``fraction`` of them
+    have expired at once (``fraction`` 1 turns the guard off: nothing is more than all)."""
+
+    fraction: float = 0.5
+    min_hosts: int = 1
+
+    def holds(self, total, expired):
+        return expired > self.min_hosts and expired > self.fraction * total
+
+
+@dataclass
+class View:
+    service: str
+    hosts: list                 # what readers see: live hosts, or every stored host when held
+    total: int                  # stored hosts (live and expired)
+    expired: int
+    held: bool
+    valid_until: float          # UNIX time the earliest visible live host expires
+    epoch: int = 0
+    cla_json: bytes = b""       # the ClusterLoadAssignment, serialised once
+    version: str = ""
+    cla: dict = field(default_factory=dict)
+
+
+def build_view(service, stored, since, ttl, guard):
+    live = [h for h in stored if h.last_check_in >= since]
+    expired = len(stored) - len(live)
+    held = guard.holds(len(stored), expired)
+    visible = list(stored) if held else live
+    valid_until = min((h.last_check_in + ttl for h in live), default=math.inf)
+    cla = eds.cluster_load_assignment(service, visible)
+    cla_json = json.dumps(cla, sort_keys=True, separators=(",", ":")).encode()
+    return View(service, visible, len(stored), expired, held, valid_until, cla=cla, cla_json=cla_json,
+                version=hashlib.sha256(cla_json).hexdigest()[:16])
+
+
+class Views:
+    """Per-worker cache of ``View`` objects, kept honest by the store's change stamps."""
+
+    def __init__(self, store, ttl, guard, check_interval=0.25, clock=time.time):
+        self.store, self.ttl, self.guard, self.clock = store, float(ttl), guard, clock
+        self.check_interval = check_interval
+        self.entries = {}
+        self.changed = {}           # service -> epoch of its last invalidation
+        self.epoch = 0
+        self.generation = None      # the store's stamp high-water mark seen by the last poll
+        self.last_poll_ok = -math.inf
+
+    def fresh(self):
+        """The cache may be served: the last stamp poll succeeded within two intervals."""
+        return time.monotonic() - self.last_poll_ok <= 2 * self.check_interval
+
+    def invalidate(self, service=None):
+        self.epoch += 1
+        if service is None:
+            self.entries.clear()
+        else:
+            self.changed[service] = self.epoch
+
+    async def get(self, service):
+        now = self.clock()
+        entry = self.entries.get(service)
+        if (entry is not None and entry.epoch >= self.changed.get(service, 0) and now < entry.valid_until
+                and self.fresh()):
+            return entry
+        epoch = self.epoch
+        view = build_view(service, await self.store.all_hosts(service), now - self.ttl, self.ttl, self.guard)
+        view.epoch = epoch
+        if self.fresh():
+            self.entries[service] = view
+        else:
+            self.entries.pop(service, None)
+        return view
+
+    async def poll(self):
+        """One stamp poll: drop the entries of services changed since the last one."""
+        generation, changed = await self.store.changes(self.generation)
+        if changed is None:
+            self.invalidate()
+        else:
+            for service in changed:
+                self.invalidate(service)
+        self.generation = generation
+        self.last_poll_ok = time.monotonic()
+
+    async def run(self):
+        """The poll loop (a task per worker)."""
+        failing = False
+        while True:
+            try:
+                await self.poll()
+                if failing:
+                    log.info("change stamps readable again: cache in use")
+                failing = False
+            except StoreError as exc:
+                if not failing:
+                    log.warning("cannot read change stamps (%s): cache bypassed until they are", exc)
+                failing = True
+            await asyncio.sleep(self.check_interval)
