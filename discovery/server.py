@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from aiohttp import web
+from aiohttp.web_runner import GracefulExit
 
 from discovery import eds
 from discovery.metrics import Metrics, shared_block
@@ -374,7 +375,10 @@ def run_worker(args, index, sock, block):
     except StoreError as exc:
         log.error("worker %d: %s", index, exc)
         return 2
-    web.run_app(app, sock=sock, access_log=None, print=None, handle_signals=True)
+    try:
+        web.run_app(app, sock=sock, access_log=None, print=None, handle_signals=True)
+    except GracefulExit:  # a second SIGTERM during shutdown (the group's and the parent's)
+        pass
     return 0
 
 
