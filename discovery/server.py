@@ -129,7 +129,8 @@ async def endpoints(request):
     if not clusters:  # a wildcard request: every service with something to show
         guard = app[OPTIONS].guard
         stats = await app[STORE].host_stats(live_since(app))
-        clusters = sorted(s for s, (total, expired) in stats.items() if total > expired or guard.holds(total, expired))
+        clusters = sorted(s for s, (total, expired) in stats.items()
+                          if total > expired or guard.holds(total, expired, views.fleet_held))
     answer = [await views.get(name) for name in clusters]
     version = eds.combined_version(answer)
     if seen == version and app[OPTIONS].not_modified:
@@ -151,7 +152,8 @@ async def metrics_page(request):
     guard = request.app[OPTIONS].guard
     stats = await request.app[STORE].host_stats(live_since(request.app))
     live = {s: total - expired for s, (total, expired) in stats.items() if total > expired}
-    held = {s: expired for s, (total, expired) in stats.items() if guard.holds(total, expired)}
+    fleet_held = request.app[VIEWS].fleet_held
+    held = {s: expired for s, (total, expired) in stats.items() if guard.holds(total, expired, fleet_held)}
     return web.Response(text=request.app[METRICS].render(live, held), content_type="text/plain",
                         charset="utf-8", headers={"X-Prometheus-Format": "0.0.4"})
 
@@ -161,8 +163,9 @@ async def sweep_once(app, services=None, force=False):
     of the guard. Returns the per-service results."""
     options, metrics = app[OPTIONS], app[METRICS]
     since = live_since(app)
+    fleet_held = not force and options.guard.holds(*await app[STORE].fleet_stats(since))
     results = await app[STORE].guarded_sweep(since, since - options.sweep_grace, options.guard,
-                                             services=services, force=force)
+                                             services=services, force=force, fleet_held=fleet_held)
     metrics.inc("discovery_sweeps_total")
     held = app[HELD]
     for result in results:

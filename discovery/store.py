@@ -64,14 +64,20 @@ class Store:
         """(stored, expired) hosts per service that has any."""
         raise NotImplementedError
 
+    async def fleet_stats(self, since: float) -> tuple[int, int]:
+        """(stored, expired) hosts over every service: the fleet-wide side of the sweep guard."""
+        raise NotImplementedError
+
     async def sweep(self, since: float) -> int:
         """Delete every host checked in before ``since`` (no guard); returns how many."""
         raise NotImplementedError
 
     async def guarded_sweep(self, expired_before: float, delete_before: float, guard,
-                            services: list[str] | None = None, force: bool = False) -> list[SweepResult]:
+                            services: list[str] | None = None, force: bool = False,
+                            fleet_held: bool = False) -> list[SweepResult]:
         """Per service (all, or ``services``): count stored and expired (before ``expired_before``)
-        hosts; unless ``force``, when ``guard.holds(total, expired)`` delete nothing (held); otherwise
+        hosts; unless ``force``, when ``guard.holds(total, expired)`` (or, ``fleet_held``, when any
+        expired) delete nothing (held); otherwise
         delete the hosts checked in before ``delete_before`` (``expired_before`` when forced).
         Atomic per service: a host checking in meanwhile is never deleted."""
         raise NotImplementedError
@@ -203,7 +209,13 @@ class SqliteStore(Store):
             return deleted
         return self._transaction(body)
 
-    async def guarded_sweep(self, expired_before, delete_before, guard, services=None, force=False):
+    async def fleet_stats(self, since):
+        (total,) = self._run("SELECT COUNT(*) FROM hosts").fetchone()
+        (expired,) = self._run("SELECT COUNT(*) FROM hosts WHERE last_check_in < ?", (since,)).fetchone()
+        return total, expired
+
+    async def guarded_sweep(self, expired_before, delete_before, guard, services=None, force=False,
+                            fleet_held=False):
         def body():
             stats = self._run("SELECT service, COUNT(*), SUM(last_check_in < ?) FROM hosts GROUP BY service",
                               (expired_before,)).fetchall()
@@ -211,7 +223,7 @@ class SqliteStore(Store):
             for service, total, expired in stats:
                 if services is not None and service not in services:
                     continue
-                if not force and guard is not None and guard.holds(total, expired):
+                if not force and guard is not None and (guard.holds(total, expired) or (fleet_held and expired)):
                     results.append(SweepResult(service, total, expired, 0, True))
                     continue
                 cutoff = expired_before if force else delete_before
@@ -244,6 +256,7 @@ local old = redis.call('HGET', KEYS[1], ARGV[1])
 local old_seen = redis.call('ZSCORE', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[3], ARGV[4] .. '|' .. ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[4])
 local changed = 0
 if not old or ARGV[5] == '' or not old_seen or tonumber(old_seen) < tonumber(ARGV[5]) then
@@ -262,6 +275,7 @@ local deleted = 0
 for i = 2, #ARGV do
   deleted = deleted + redis.call('HDEL', KEYS[1], ARGV[i])
   redis.call('ZREM', KEYS[2], ARGV[i])
+  redis.call('ZREM', KEYS[6], ARGV[1] .. '|' .. ARGV[i])
 end
 if deleted > 0 then redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[1]) end
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
@@ -272,18 +286,20 @@ return deleted
 # (ARGV[6] == '1') hold when more than ARGV[5] hosts and more than the share ARGV[4] of them
 # expired (the same rule as discovery.views.SweepGuard.holds); otherwise delete the members seen
 # before ARGV[2]. Drops the service from the index when empty.
-# ARGV: service, delete_before, expired_before, fraction, min_hosts, force
+# ARGV: service, delete_before, expired_before, fraction, min_hosts, force, fleet_held
 SWEEP_SERVICE_LUA = """
 local total = redis.call('ZCARD', KEYS[2])
 local expired = redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. ARGV[3])
 local held = 0
 if ARGV[6] ~= '1' and expired > tonumber(ARGV[5]) and expired > tonumber(ARGV[4]) * total then held = 1 end
+if ARGV[6] ~= '1' and ARGV[7] == '1' and expired > 0 then held = 1 end
 local deleted = 0
 if held == 0 then
   local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
   for _, member in ipairs(gone) do
     redis.call('HDEL', KEYS[1], member)
     redis.call('ZREM', KEYS[2], member)
+    redis.call('ZREM', KEYS[6], ARGV[1] .. '|' .. member)
   end
   deleted = #gone
   if deleted > 0 then redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[1]) end
@@ -298,7 +314,8 @@ class RedisStore(Store):
     Per service: a hash ``<prefix>hosts:<service>`` (ip:port -> JSON record) and a sorted set
     ``<prefix>seen:<service>`` (ip:port scored by last check-in); ``<prefix>services`` indexes them.
     Change stamps: ``<prefix>generation`` (a counter) and ``<prefix>changes`` (a sorted set:
-    service scored by the generation of its last change).
+    service scored by the generation of its last change). ``<prefix>seen-all`` scores every
+    ``service|ip:port`` by last check-in, for the fleet-wide counts.
     """
 
     def __init__(self, url, prefix="discovery:"):
@@ -312,7 +329,7 @@ class RedisStore(Store):
 
     def _keys(self, service):
         return (f"{self.prefix}hosts:{service}", f"{self.prefix}seen:{service}", f"{self.prefix}services",
-                f"{self.prefix}changes", f"{self.prefix}generation")
+                f"{self.prefix}changes", f"{self.prefix}generation", f"{self.prefix}seen-all")
 
     async def _do(self, coro):
         try:
@@ -369,11 +386,20 @@ class RedisStore(Store):
         results = await self.guarded_sweep(since, since, guard=None, force=True)
         return sum(r.deleted for r in results)
 
-    async def guarded_sweep(self, expired_before, delete_before, guard, services=None, force=False):
+    async def fleet_stats(self, since):
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zcard(f"{self.prefix}seen-all")
+        pipe.zcount(f"{self.prefix}seen-all", "-inf", f"({since}")
+        total, expired = await self._do(pipe.execute())
+        return total, expired
+
+    async def guarded_sweep(self, expired_before, delete_before, guard, services=None, force=False,
+                            fleet_held=False):
         results = []
         for service in (await self._services() if services is None else services):
             args = [service, expired_before if force else delete_before, expired_before,
-                    guard.fraction if guard else 1, guard.min_hosts if guard else 0, "1" if force or not guard else "0"]
+                    guard.fraction if guard else 1, guard.min_hosts if guard else 0, "1" if force or not guard else "0",
+                    "1" if fleet_held else "0"]
             total, expired, deleted, held = await self._do(self.sweep_script(keys=list(self._keys(service)),
                                                                              args=args))
             if total or deleted:

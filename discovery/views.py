@@ -4,8 +4,11 @@ What a reader (EDS, ``GET /v1/registration``) sees of one service, and the per-w
 The sweep guard: a host that stops checking in expires after the TTL and is hidden, unless so many
 of its service's hosts have expired together that it looks like a registration outage rather than
 hosts dying; then the service is *held*: every stored host stays visible and the sweeper deletes
-nothing, until check-ins resume (the share drops) or an operator forces a sweep. Reads and the
-sweeper apply the same rule (``SweepGuard.holds``) to the same counts, so they always agree.
+nothing, until check-ins resume (the share drops) or an operator forces a sweep. The same rule
+applies to the whole fleet: when most of all hosts expired together, every service with expired
+hosts is held, single-host services included (their one host expiring alone is an ordinary death
+and is cleaned). Reads and the sweeper apply the same rule (``SweepGuard.holds``) to the same
+counts, so they agree (the fleet-wide verdict is refreshed with every stamp poll).
 
 The cache keeps, per service, the answer already serialised for EDS and its version. An entry is
 dropped when the store stamps the service (any change a reader could see: see ``discovery.store``),
@@ -36,7 +39,9 @@ class SweepGuard:
     fraction: float = 0.5
     min_hosts: int = 1
 
-    def holds(self, total, expired):
+    def holds(self, total, expired, fleet_held=False):
+        if fleet_held and expired:
+            return True
         return expired > self.min_hosts and expired > self.fraction * total
 
 
@@ -54,10 +59,10 @@ class View:
     cla: dict = field(default_factory=dict)
 
 
-def build_view(service, stored, since, ttl, guard):
+def build_view(service, stored, since, ttl, guard, fleet_held=False):
     live = [h for h in stored if h.last_check_in >= since]
     expired = len(stored) - len(live)
-    held = guard.holds(len(stored), expired)
+    held = guard.holds(len(stored), expired, fleet_held)
     visible = list(stored) if held else live
     valid_until = min((h.last_check_in + ttl for h in live), default=math.inf)
     cla = eds.cluster_load_assignment(service, visible)
@@ -77,6 +82,7 @@ class Views:
         self.epoch = 0
         self.generation = None      # the store's stamp high-water mark seen by the last poll
         self.last_poll_ok = -math.inf
+        self.fleet_held = False     # most of the whole fleet stopped checking in: hold every service
 
     def fresh(self):
         """The cache may be served: the last stamp poll succeeded within two intervals."""
@@ -96,7 +102,8 @@ class Views:
                 and self.fresh()):
             return entry
         epoch = self.epoch
-        view = build_view(service, await self.store.all_hosts(service), now - self.ttl, self.ttl, self.guard)
+        view = build_view(service, await self.store.all_hosts(service), now - self.ttl, self.ttl, self.guard,
+                          self.fleet_held)
         view.epoch = epoch
         if self.fresh():
             self.entries[service] = view
@@ -113,6 +120,13 @@ class Views:
             for service in changed:
                 self.invalidate(service)
         self.generation = generation
+        total, expired = await self.store.fleet_stats(self.clock() - self.ttl)
+        fleet_held = self.guard.holds(total, expired)
+        if fleet_held != self.fleet_held:
+            log.warning("sweep guard: %s fleet-wide: %d of %d hosts expired", "holding every service" if fleet_held
+                        else "released", expired, total)
+            self.fleet_held = fleet_held
+            self.invalidate()
         self.last_poll_ok = time.monotonic()
 
     async def run(self):
