@@ -265,3 +265,20 @@ def test_an_instance_killed_under_eds_load_costs_envoy_no_fetch(envoy_bin, workd
             load.errors)
     finally:
         envoy.stop()
+
+
+def test_the_documented_multi_instance_shape_is_valid_for_the_real_envoy(envoy_bin, tmp_path):
+    from tests.helpers.discovery import REPO
+
+    doc = (REPO / "docs" / "discovery.md").read_text()
+    block = doc.split("<!-- envoy-validated-discovery-ha -->", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    shape = yaml.safe_load(block)
+    users = eds_cluster("users", refresh="20s")
+    config = tmp_path / "documented-ha.yaml"
+    config.write_text(yaml.safe_dump({"node": {"id": "doc-check", "cluster": "doc-check"}, "static_resources": {
+        "listeners": shape["listeners"], "clusters": shape["clusters"] + [users]}}))
+    check = subprocess.run([envoy_bin, "--mode", "validate", "-c", str(config)], capture_output=True, text=True,
+                           timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    [discovery] = [c for c in shape["clusters"] if c["name"] == "discovery"]
+    assert [e["priority"] for e in discovery["load_assignment"]["endpoints"]] == [0, 1]
