@@ -10,6 +10,7 @@ Lyft's registration API v1 (``/v1/registration/<service>``), Envoy's v3 REST EDS
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ DEFAULT_TTL = 600.0
 MAX_BODY = 1024 * 1024
 MAX_REGISTRATION_BODY = 16 * 1024  # a registration is a few hundred bytes
 DEFAULT_CHECK_INTERVAL = 0.25
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STORE, TTL, ENV, METRICS = web.AppKey("store", object), web.AppKey("ttl", float), \
     web.AppKey("env", str), web.AppKey("metrics", Metrics)
 VIEWS, OPTIONS, HELD = web.AppKey("views", Views), web.AppKey("options", object), web.AppKey("held", dict)
@@ -368,10 +370,20 @@ def reuseport_socket(host, port):
     return sock
 
 
-def run_worker(args, index, sock, block):
+def die_with_parent(parent):
+    """Linux: SIGTERM this worker when the supervisor dies, even by SIGKILL, so no orphan keeps
+    serving (and taking a share of the SO_REUSEPORT group) after its supervisor is gone."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(0)
+
+
+def run_worker(args, index, sock, block, parent):
     """A forked worker: its own event loop and store connection, its own socket of the group."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
+    die_with_parent(parent)
     metrics = Metrics(block, row=index, rows=args.workers)
     try:
         app = app_from_args(args, metrics=metrics, sweeper=index == 0)
@@ -402,6 +414,7 @@ class Supervisor:
         self.stopping = False
 
     def spawn(self, index):
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -409,7 +422,7 @@ class Supervisor:
                 for other, sock in enumerate(self.sockets):
                     if other != index:
                         sock.close()
-                code = run_worker(self.args, index, self.sockets[index], self.block)
+                code = run_worker(self.args, index, self.sockets[index], self.block, parent)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
