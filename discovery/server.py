@@ -99,8 +99,8 @@ async def list_hosts(request):
         service = validate_service(request.match_info["service"])
     except InvalidRegistration as exc:
         return error(400, str(exc), field=exc.field)
-    view = await request.app[VIEWS].get(service)
-    return json_response({"env": request.app[ENV], "service": service, "hosts": [host_view(h) for h in view.hosts]})
+    hosts = await request.app[VIEWS].listed(service)
+    return json_response({"env": request.app[ENV], "service": service, "hosts": [host_view(h) for h in hosts]})
 
 
 async def deregister(request):

@@ -10,7 +10,8 @@ hosts is held, single-host services included (their one host expiring alone is a
 and is cleaned). Reads and the sweeper apply the same rule (``SweepGuard.holds``) to the same
 counts, so they agree (the fleet-wide verdict is refreshed with every stamp poll).
 
-The cache keeps, per service, the answer already serialised for EDS and its version. An entry is
+The cache keeps, per service, the answer already serialised for EDS and its version (EDS only:
+``GET /v1/registration`` shows each host's ``last_check_in`` and reads the store every time). An entry is
 dropped when the store stamps the service (any change a reader could see: see ``discovery.store``),
 when this worker writes to it, and when its earliest live host is due to expire. Stamps from other
 workers and instances are polled every ``check_interval`` seconds; when polls fail, the cache is
@@ -59,11 +60,16 @@ class View:
     cla: dict = field(default_factory=dict)
 
 
-def build_view(service, stored, since, ttl, guard, fleet_held=False):
+def visible_hosts(stored, since, guard, fleet_held=False):
+    """(visible hosts, live hosts, expired count, held) under the sweep guard."""
     live = [h for h in stored if h.last_check_in >= since]
     expired = len(stored) - len(live)
     held = guard.holds(len(stored), expired, fleet_held)
-    visible = list(stored) if held else live
+    return (list(stored) if held else live), live, expired, held
+
+
+def build_view(service, stored, since, ttl, guard, fleet_held=False):
+    visible, live, expired, held = visible_hosts(stored, since, guard, fleet_held)
     valid_until = min((h.last_check_in + ttl for h in live), default=math.inf)
     cla = eds.cluster_load_assignment(service, visible)
     cla_json = json.dumps(cla, sort_keys=True, separators=(",", ":")).encode()
@@ -110,6 +116,12 @@ class Views:
         else:
             self.entries.pop(service, None)
         return view
+
+    async def listed(self, service):
+        """The hosts ``GET /v1/registration`` lists: read from the store every time (its answer
+        shows ``last_check_in``, which heartbeats change without stamping), guarded like EDS."""
+        stored = await self.store.all_hosts(service)
+        return visible_hosts(stored, self.clock() - self.ttl, self.guard, self.fleet_held)[0]
 
     async def poll(self):
         """One stamp poll: drop the entries of services changed since the last one."""

@@ -5,6 +5,7 @@ behaviour tests run against both stores (Lyft's API v1, v3 REST EDS, validation,
 
 import json
 import re
+import time
 
 import pytest
 import requests
@@ -72,6 +73,11 @@ def test_heartbeat_updates_the_same_host(service):
     assert requests.post(f"{service.url}/v1/registration/beat", data=form, timeout=5).status_code == 200
     [host] = listed(service, "beat")["hosts"]
     assert host["revision"] == "new" and host["last_check_in"] >= first
+    # A plain heartbeat (nothing but the check-in time changes) still shows in the listing.
+    eds(service, "beat")  # warm the EDS cache: the listing must not come from it
+    time.sleep(0.01)
+    assert requests.post(f"{service.url}/v1/registration/beat", data=form, timeout=5).status_code == 200
+    assert listed(service, "beat")["hosts"][0]["last_check_in"] > host["last_check_in"]
 
 
 def test_two_instances_on_one_ip_and_deregistration(service):
