@@ -60,17 +60,32 @@ class View:
     cla: dict = field(default_factory=dict)
 
 
-def visible_hosts(stored, since, guard, fleet_held=False):
-    """(visible hosts, live hosts, expired count, held) under the sweep guard."""
+def visible_hosts(stored, since, guard, fleet_held=False, grace=0.0):
+    """(visible hosts, held, seconds after ``since`` + ttl until time alone changes the answer,
+    expired count) under the sweep guard.
+
+    Held: every stored host. Otherwise the live hosts; and when none is live (every host expired
+    yet not held: a single-host service), the expired hosts still within ``grace`` of their expiry,
+    so that a service is never emptied by expiry before a fleet-wide outage has had time to show.
+    """
     live = [h for h in stored if h.last_check_in >= since]
     expired = len(stored) - len(live)
     held = guard.holds(len(stored), expired, fleet_held)
-    return (list(stored) if held else live), live, expired, held
+    if held:
+        visible = list(stored)
+    elif live:
+        visible = live
+    else:
+        visible = [h for h in stored if h.last_check_in >= since - grace]
+    ttl_from_now = min((h.last_check_in - since for h in live), default=math.inf)
+    last_hosts = math.inf if held or live else min((h.last_check_in - since + grace for h in visible),
+                                                   default=math.inf)
+    return visible, held, min(ttl_from_now, last_hosts), expired
 
 
-def build_view(service, stored, since, ttl, guard, fleet_held=False):
-    visible, live, expired, held = visible_hosts(stored, since, guard, fleet_held)
-    valid_until = min((h.last_check_in + ttl for h in live), default=math.inf)
+def build_view(service, stored, since, ttl, guard, fleet_held=False, grace=0.0):
+    visible, held, changes_in, expired = visible_hosts(stored, since, guard, fleet_held, grace)
+    valid_until = since + ttl + changes_in
     cla = eds.cluster_load_assignment(service, visible)
     cla_json = json.dumps(cla, sort_keys=True, separators=(",", ":")).encode()
     return View(service, visible, len(stored), expired, held, valid_until, cla=cla, cla_json=cla_json,
@@ -80,8 +95,8 @@ def build_view(service, stored, since, ttl, guard, fleet_held=False):
 class Views:
     """Per-worker cache of ``View`` objects, kept honest by the store's change stamps."""
 
-    def __init__(self, store, ttl, guard, check_interval=0.25, clock=time.time):
-        self.store, self.ttl, self.guard, self.clock = store, float(ttl), guard, clock
+    def __init__(self, store, ttl, guard, check_interval=0.25, clock=time.time, grace=0.0):
+        self.store, self.ttl, self.guard, self.clock, self.grace = store, float(ttl), guard, clock, float(grace)
         self.check_interval = check_interval
         self.entries = {}
         self.changed = {}           # service -> epoch of its last invalidation
@@ -109,7 +124,7 @@ class Views:
             return entry
         epoch = self.epoch
         view = build_view(service, await self.store.all_hosts(service), now - self.ttl, self.ttl, self.guard,
-                          self.fleet_held)
+                          self.fleet_held, self.grace)
         view.epoch = epoch
         if self.fresh():
             self.entries[service] = view
@@ -121,7 +136,7 @@ class Views:
         """The hosts ``GET /v1/registration`` lists: read from the store every time (its answer
         shows ``last_check_in``, which heartbeats change without stamping), guarded like EDS."""
         stored = await self.store.all_hosts(service)
-        return visible_hosts(stored, self.clock() - self.ttl, self.guard, self.fleet_held)[0]
+        return visible_hosts(stored, self.clock() - self.ttl, self.guard, self.fleet_held, self.grace)[0]
 
     async def poll(self):
         """One stamp poll: drop the entries of services changed since the last one."""

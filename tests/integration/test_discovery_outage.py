@@ -1,7 +1,7 @@
 """
 A registration outage (no host checks in for several TTLs) empties no service in a real Envoy:
-the sweep guard keeps every expired host visible in EDS, so Envoy keeps them all, even on clusters
-without active health checks (where any host left out of an answer is dropped at once). A host that
+the sweep guard keeps every expired host visible in EDS, so Envoy ends up with them all, even on
+clusters without active health checks (where any host left out of an answer is dropped at once). A host that
 dies alone is still cleaned after the TTL, single-host services included; when check-ins resume
 the hold is released by itself; an operator can force a held sweep.
 """
@@ -106,7 +106,12 @@ def test_a_registration_outage_empties_no_service_and_heals_itself(stack):
         beats.paused.clear()  # check-ins resume: the hold is released, nothing was lost
         wait_until(lambda: metric(discovery.url, 'discovery_held_hosts{service="web"}') == 0, SEEN_WITHIN,
                    "the hold to be released")
-    assert watch.minimum == SERVICES, watch.minimum  # not one host ever left Envoy
+    # No service was ever emptied. The guard's bound: while a wave of expiries has not yet reached
+    # more than half of a service, those first hosts are hidden (here the hosts' check-ins are
+    # milliseconds apart, so Envoy almost never polls inside that window); a service's last host is
+    # kept for the grace period, by which time the fleet-wide hold has started.
+    assert set(watch.minimum) == set(SERVICES)
+    assert all(watch.minimum[s] >= max(1, n - max(1, n // 2)) for s, n in SERVICES.items()), watch.minimum
     assert all(envoy.stat(f"cluster.{s}.update_empty") == 0 for s in SERVICES)
 
 

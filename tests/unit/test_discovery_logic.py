@@ -133,3 +133,14 @@ def test_counters_from_every_worker_are_summed():
         metrics.inc("discovery_eds_requests_total", i + 1, result="ok")
     assert all(m.value("discovery_eds_requests_total", result="ok") == 6 for m in workers)
     assert 'discovery_eds_requests_total{result="ok"} 6\n' in workers[0].render({})
+
+
+def test_the_last_host_of_a_service_stays_visible_for_the_grace_period():
+    from discovery.views import SweepGuard, build_view
+
+    solo = [host("10.0.0.1").__class__(**{**host("10.0.0.1").__dict__, "last_check_in": 40.0})]
+    # Expired 10 s ago (since 50), grace 30: still visible, and the answer changes when the grace ends.
+    view = build_view("svc", solo, since=50, ttl=60, guard=SweepGuard(), grace=30)
+    assert ([h.ip_address for h in view.hosts], view.held, view.valid_until) == (["10.0.0.1"], False, 130)
+    gone = build_view("svc", solo, since=75, ttl=60, guard=SweepGuard(), grace=30)
+    assert gone.hosts == [] and gone.cla["endpoints"] == []
