@@ -20,6 +20,7 @@ HELP = {
     "discovery_swept_hosts_total": ("counter", "Expired hosts deleted by sweeps."),
     "discovery_sweeps_held_total": ("counter", "Service sweeps held by the sweep guard (nothing deleted)."),
     "discovery_errors_total": ("counter", "Requests failed on the store (503) by operation."),
+    "discovery_view_builds_total": ("counter", "EDS answers built from the store (cache misses)."),
     "discovery_hosts": ("gauge", "Live (unexpired) hosts per service."),
     "discovery_held_hosts": ("gauge", "Expired hosts the sweep guard keeps visible, per held service."),
 }
@@ -30,14 +31,15 @@ OPERATIONS = ("register", "list", "deregister", "eds", "healthcheck", "metrics",
 SERIES = (
     [("discovery_registrations_total", (("result", r),)) for r in ("ok", "rejected")]
     + [("discovery_deregistrations_total", ()), ("discovery_sweeps_total", ()),
-       ("discovery_swept_hosts_total", ()), ("discovery_sweeps_held_total", ())]
+       ("discovery_swept_hosts_total", ()), ("discovery_sweeps_held_total", ()),
+       ("discovery_view_builds_total", ())]
     + [("discovery_eds_requests_total", (("result", r),)) for r in ("ok", "not_modified", "rejected")]
     + [("discovery_errors_total", (("operation", op),)) for op in OPERATIONS]
 )
 SLOTS = {key: index for index, key in enumerate(SERIES)}
 # Shown at 0 before the first event.
 ALWAYS_SHOWN = ("discovery_deregistrations_total", "discovery_sweeps_total", "discovery_swept_hosts_total",
-                "discovery_sweeps_held_total")
+                "discovery_sweeps_held_total", "discovery_view_builds_total")
 
 
 def _labels(labels):

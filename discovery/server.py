@@ -258,7 +258,7 @@ def create_app(store, ttl=DEFAULT_TTL, env="production", sweep_interval=None, *,
     app[STORE], app[TTL], app[ENV], app[METRICS] = store, float(ttl), env, metrics or Metrics()
     app[OPTIONS] = options = Options(guard, float(ttl) / 2 if sweep_grace is None else float(sweep_grace),
                                      not_modified)
-    app[VIEWS] = Views(store, ttl, guard, check_interval, grace=options.sweep_grace)
+    app[VIEWS] = Views(store, ttl, guard, check_interval, grace=options.sweep_grace, metrics=app[METRICS])
     app[HELD] = {}
     app.cleanup_ctx.append(background(sweep_interval or default_sweep_interval(ttl), sweeper))
     app.router.add_post("/v1/registration/{service}", register, name="register")

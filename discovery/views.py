@@ -14,8 +14,8 @@ The cache keeps, per service, the answer already serialised for EDS and its vers
 ``GET /v1/registration`` shows each host's ``last_check_in`` and reads the store every time). An entry is
 dropped when the store stamps the service (any change a reader could see: see ``discovery.store``),
 when this worker writes to it, and when its earliest live host is due to expire. Stamps from other
-workers and instances are polled every ``check_interval`` seconds; when polls fail, the cache is
-bypassed after two intervals (reads then go to the store, and fail like it).
+workers and instances are polled every ``check_interval`` seconds; when a poll fails, the cache is
+dropped and bypassed until one succeeds (reads then go to the store, and fail like it).
 """
 
 import asyncio
@@ -95,8 +95,11 @@ def build_view(service, stored, since, ttl, guard, fleet_held=False, grace=0.0):
 class Views:
     """Per-worker cache of ``View`` objects, kept honest by the store's change stamps."""
 
-    def __init__(self, store, ttl, guard, check_interval=0.25, clock=time.time, grace=0.0):
+    MAX_UNCHECKED = 5.0  # seconds: past this without a good stamp poll the cache is not served
+
+    def __init__(self, store, ttl, guard, check_interval=0.25, clock=time.time, grace=0.0, metrics=None):
         self.store, self.ttl, self.guard, self.clock, self.grace = store, float(ttl), guard, clock, float(grace)
+        self.metrics = metrics
         self.check_interval = check_interval
         self.entries = {}
         self.changed = {}           # service -> epoch of its last invalidation
@@ -104,10 +107,14 @@ class Views:
         self.generation = None      # the store's stamp high-water mark seen by the last poll
         self.last_poll_ok = -math.inf
         self.fleet_held = False     # most of the whole fleet stopped checking in: hold every service
+        self.failing = False        # the last stamp poll failed
 
     def fresh(self):
-        """The cache may be served: the last stamp poll succeeded within two intervals."""
-        return time.monotonic() - self.last_poll_ok <= 2 * self.check_interval
+        """The cache may be served: the last stamp poll succeeded and is not older than
+        ``MAX_UNCHECKED`` (a poll that is merely late because this worker is busy does not turn the
+        cache off, which would make a busy worker busier; a failing one does at once)."""
+        return not self.failing and time.monotonic() - self.last_poll_ok <= max(self.MAX_UNCHECKED,
+                                                                                  4 * self.check_interval)
 
     def invalidate(self, service=None):
         self.epoch += 1
@@ -123,6 +130,8 @@ class Views:
                 and self.fresh()):
             return entry
         epoch = self.epoch
+        if self.metrics is not None:
+            self.metrics.inc("discovery_view_builds_total")
         view = build_view(service, await self.store.all_hosts(service), now - self.ttl, self.ttl, self.guard,
                           self.fleet_held, self.grace)
         view.epoch = epoch
@@ -158,15 +167,15 @@ class Views:
 
     async def run(self):
         """The poll loop (a task per worker)."""
-        failing = False
         while True:
             try:
                 await self.poll()
-                if failing:
+                if self.failing:
                     log.info("change stamps readable again: cache in use")
-                failing = False
+                self.failing = False
             except StoreError as exc:
-                if not failing:
+                if not self.failing:
                     log.warning("cannot read change stamps (%s): cache bypassed until they are", exc)
-                failing = True
+                self.failing = True
+                self.invalidate()
             await asyncio.sleep(self.check_interval)
