@@ -3,7 +3,7 @@
 import ipaddress
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_TAGS_BYTES = 4096
@@ -36,7 +36,16 @@ class Host:
         return endpoint_key(self.ip_address, self.port)
 
     def to_json(self):
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        # Same text as json.dumps(asdict(self), sort_keys=True) without asdict's deep copy (a
+        # third of a registration's CPU time).
+        return json.dumps({"ip_address": self.ip_address, "last_check_in": self.last_check_in, "port": self.port,
+                           "revision": self.revision, "service": self.service,
+                           "service_repo_name": self.service_repo_name, "tags": self.tags},
+                          sort_keys=True, separators=(",", ":"))
+
+    def same_content(self, other):
+        """True when only ``last_check_in`` differs: a plain heartbeat, nothing a reader sees changes."""
+        return replace(other, last_check_in=self.last_check_in) == self
 
     @classmethod
     def from_json(cls, text):

@@ -73,13 +73,17 @@ class RedisServer(Process):
 
 
 class DiscoveryService(Process):
-    """``envoy-discovery`` on a free port with the given store (``redis_url`` or a SQLite file)."""
+    """``envoy-discovery`` on a free port with the given store (``redis_url`` or a SQLite file);
+    ``extra_args`` such as ``["--workers", "2"]``. ``stop(sig=signal.SIGKILL)`` kills the whole
+    process group (the supervisor and its workers), like a host dying."""
 
-    def __init__(self, workdir, ttl=600, redis_url=None, port=None, sweep_interval=None):
+    def __init__(self, workdir, ttl=600, redis_url=None, port=None, sweep_interval=None, extra_args=(),
+                 sqlite_path=None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        store = ["--redis", redis_url] if redis_url else ["--sqlite", str(Path(workdir) / "discovery.sqlite3")]
-        argv = [DISCOVERY_BIN, "--listen", f"127.0.0.1:{self.port}", "--ttl", str(ttl), *store]
+        sqlite_path = sqlite_path or Path(workdir) / "discovery.sqlite3"
+        store = ["--redis", redis_url] if redis_url else ["--sqlite", str(sqlite_path)]
+        argv = [DISCOVERY_BIN, "--listen", f"127.0.0.1:{self.port}", "--ttl", str(ttl), *store, *extra_args]
         if sweep_interval:
             argv += ["--sweep-interval", str(sweep_interval)]
         super().__init__(argv, Path(workdir) / f"discovery-{self.port}.log")

@@ -5,6 +5,7 @@ restart, and Envoy keeps serving on its last endpoints when the discovery servic
 The tests run in file order and share one Envoy; the last one stops the discovery service.
 """
 
+import re
 import sys
 import threading
 
@@ -94,6 +95,12 @@ def heartbeats(discovery):
         yield beats
 
 
+def metric(service, sample):
+    text = requests.get(f"{service.url}/metrics", timeout=5).text
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def foo_endpoints(upstreams):
     return {(ip, port) for (ip, port), name in upstreams.items() if name.startswith("foo-")}
 
@@ -123,15 +130,26 @@ def test_three_hosts_appear_in_envoy_without_restart(envoy, discovery, upstreams
 
 
 def test_unchanged_answers_keep_their_version(envoy, discovery):
-    """Heartbeats keep flowing, yet Envoy sees the same version: no rebuild of the cluster."""
+    """Heartbeats keep flowing, yet the version stays: Envoy's polls carry the version it holds and
+    get 304 Not Modified (its REST fetcher keeps its config: no update, no rebuild)."""
     body = {"resource_names": ["foo"], "type_url": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"}
     first = requests.post(f"{discovery.url}/v3/discovery:endpoints", json=body, timeout=5).json()
-    no_rebuild = envoy.stat("cluster.foo.update_no_rebuild")
-    wait_until(lambda: envoy.stat("cluster.foo.update_no_rebuild") >= no_rebuild + 2, SEEN_WITHIN,
-               "two more EDS polls with an unchanged answer")
+    wait_until(lambda: envoy.stat_text("cluster.foo.version_text") == f'"{first["version_info"]}"', SEEN_WITHIN,
+               "Envoy to hold the current version")
+    attempts, successes = envoy.stat("cluster.foo.update_attempt"), envoy.stat("cluster.foo.update_success")
+    not_modified = metric(discovery, 'discovery_eds_requests_total{result="not_modified"}')
+    wait_until(lambda: envoy.stat("cluster.foo.update_attempt") >= attempts + 3, SEEN_WITHIN,
+               "three more EDS polls with an unchanged answer")
     second = requests.post(f"{discovery.url}/v3/discovery:endpoints", json=body, timeout=5).json()
     assert first["version_info"] == second["version_info"]
     assert envoy.stat_text("cluster.foo.version_text") == f'"{first["version_info"]}"'
+    assert envoy.stat("cluster.foo.update_success") == successes
+    assert envoy.stat("cluster.foo.update_failure") == 0 and envoy.stat("cluster.foo.update_rejected") == 0
+    assert metric(discovery, 'discovery_eds_requests_total{result="not_modified"}') >= not_modified + 2
+    # Asked with that version, the service answers 304 and no body.
+    resp = requests.post(f"{discovery.url}/v3/discovery:endpoints", json={**body, "version_info": first["version_info"]},
+                         timeout=5)
+    assert resp.status_code == 304 and resp.content == b""
 
 
 def test_traffic_reaches_all_three_hosts(envoy):

@@ -5,6 +5,7 @@ behaviour tests run against both stores (Lyft's API v1, v3 REST EDS, validation,
 
 import json
 import re
+import time
 
 import pytest
 import requests
@@ -72,6 +73,11 @@ def test_heartbeat_updates_the_same_host(service):
     assert requests.post(f"{service.url}/v1/registration/beat", data=form, timeout=5).status_code == 200
     [host] = listed(service, "beat")["hosts"]
     assert host["revision"] == "new" and host["last_check_in"] >= first
+    # A plain heartbeat (nothing but the check-in time changes) still shows in the listing.
+    eds(service, "beat")  # warm the EDS cache: the listing must not come from it
+    time.sleep(0.01)
+    assert requests.post(f"{service.url}/v1/registration/beat", data=form, timeout=5).status_code == 200
+    assert listed(service, "beat")["hosts"][0]["last_check_in"] > host["last_check_in"]
 
 
 def test_two_instances_on_one_ip_and_deregistration(service):
@@ -179,3 +185,29 @@ def test_health_and_metrics(service):
     assert metric(service, 'discovery_hosts{service="metered"}') == 2
     assert metric(service, 'discovery_eds_requests_total{result="ok"}') == before + 1
     assert metric(service, 'discovery_registrations_total{result="ok"}') >= 2
+
+
+def test_workers_share_one_port_and_a_dead_worker_is_replaced(tmp_path):
+    import os
+    import signal
+    from pathlib import Path
+
+    from tests.helpers.discovery import wait_until
+
+    with DiscoveryService(tmp_path, ttl=600, extra_args=["--workers", "2"]) as svc:
+        pid = svc.proc.pid
+
+        def workers():
+            return set(map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split()))
+
+        wait_until(lambda: len(workers()) == 2, 10, "two workers")
+        for i in range(20):  # a new connection each: the kernel spreads them over both workers
+            assert register(svc.url, "spread", f"10.9.0.{i + 1}", 80).status_code == 200
+        counts = {metric(svc, 'discovery_registrations_total{result="ok"}') for _ in range(10)}
+        assert counts == {20.0}  # every worker's /metrics sums both workers' counters
+        victim = min(workers())
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(workers()) == 2 and victim not in workers(), 10, "a replacement worker")
+        assert metric(svc, 'discovery_registrations_total{result="ok"}') == 20.0  # counters survive it
+        assert len(eds(svc, "spread")["resources"][0]["endpoints"][0]["lb_endpoints"]) == 20
+        assert len(listed(svc, "spread")["hosts"]) == 20

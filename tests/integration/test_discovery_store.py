@@ -131,3 +131,38 @@ def test_redis_down_gives_503_and_counted_errors_then_recovers(tmp_path):
             assert 'discovery_errors_total{operation="eds"} 1' in metrics
         finally:
             redis_server.stop()
+
+
+def test_change_stamps_follow_what_readers_see_and_a_guarded_sweep_holds(make_store):
+    from discovery.views import SweepGuard
+
+    async def scenario():
+        store, other = make_store(), make_store()
+        start, _ = await other.changes(None)
+        seen = []
+
+        async def step(coro):
+            await coro
+            nonlocal start
+            start, changed = await other.changes(start)
+            seen.append(sorted(changed))
+
+        await step(store.register(host("a", "10.0.0.1", 80, at=100.0), since=50.0))   # new host
+        await step(store.register(host("a", "10.0.0.1", 80, at=110.0), since=60.0))   # heartbeat
+        await step(store.register(host("a", "10.0.0.1", 80, at=300.0), since=200.0))  # back from expiry
+        for port in (81, 82):
+            await step(store.register(host("a", "10.0.0.1", port, at=300.0), since=200.0))
+        await step(store.deregister("a", "10.0.0.1", 82))
+        # 2 of 2 expired (> 1 host and > half): held, nothing deleted, no stamp.
+        held = await store.guarded_sweep(400.0, 400.0, SweepGuard())
+        after_held, _ = await other.changes(start)
+        forced = await store.guarded_sweep(400.0, 400.0, SweepGuard(), services=["a"], force=True)
+        _, changed = await other.changes(after_held)
+        await store.close()
+        await other.close()
+        return seen, held, forced, changed
+
+    seen, held, forced, changed = run(scenario())
+    assert seen == [["a"], [], ["a"], ["a"], ["a"], ["a"]]
+    assert [(r.service, r.total, r.expired, r.deleted, r.held) for r in held] == [("a", 2, 2, 0, True)]
+    assert [(r.deleted, r.held) for r in forced] == [(2, False)] and changed == ["a"]

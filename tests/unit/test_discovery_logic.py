@@ -85,3 +85,62 @@ def test_cli_arguments():
         listen_address("nope")
     with pytest.raises(SystemExit):
         parse_args(["--redis", "redis://x", "--sqlite", "/tmp/x"])
+
+
+def test_a_real_envoy_request_is_read_without_parsing_the_node():
+    node = {"id": "n", "metadata": {"resource_names": ["nested"]}, "extensions": [{"name": "x"}] * 50}
+    body = json.dumps({"version_info": "abc", "node": node, "resource_names": ["b", "a"],
+                       "type_url": eds.CLA_TYPE}, separators=(",", ":")).encode()
+    assert eds.parse_request(body) == ("abc", ["a", "b"], True)
+    # Without top-level names the nested key must not be taken for them: the full parse decides.
+    body = json.dumps({"node": node, "type_url": eds.CLA_TYPE}).encode()
+    assert eds.parse_request(body) == ("", [], False)
+    assert eds.parse_request(b'{"versionInfo": "v", "resourceNames": ["a"]}') == ("v", ["a"], False)
+    for bad in (b"{nope", b'{"resource_names": "a"}', b'{"node": {}, "resource_names": ["a"], "type_url": "x"}'):
+        with pytest.raises(ValueError):
+            eds.parse_request(bad)
+
+
+@pytest.mark.parametrize("total, expired, held", [
+    (1, 1, False), (2, 1, False), (2, 2, True), (3, 1, False), (3, 2, True), (4, 2, False), (4, 3, True),
+    (100, 50, False), (100, 51, True), (0, 0, False)])
+def test_the_sweep_guard_rule(total, expired, held):
+    from discovery.views import SweepGuard
+
+    assert SweepGuard(0.5, 1).holds(total, expired) is held
+    assert SweepGuard(1.0, 1).holds(total, expired) is False  # 1 turns it off
+    assert SweepGuard(0.5, 1).holds(total, expired, fleet_held=True) is (expired > 0)
+
+
+def test_a_held_view_shows_every_stored_host_and_a_live_one_only_live_hosts():
+    from discovery.views import SweepGuard, build_view
+
+    stored = [host(f"10.0.0.{i}") for i in range(1, 5)]
+    stored = [h.__class__(**{**h.__dict__, "last_check_in": t}) for h, t in zip(stored, (10, 10, 10, 100), strict=True)]
+    held = build_view("svc", stored, since=50, ttl=60, guard=SweepGuard())
+    assert (held.held, len(held.hosts), held.expired, held.valid_until) == (True, 4, 3, 160)
+    one_dead = build_view("svc", stored[2:], since=50, ttl=60, guard=SweepGuard())
+    assert (one_dead.held, [h.ip_address for h in one_dead.hosts]) == (False, ["10.0.0.4"])
+    assert held.version != one_dead.version and len(held.version) == 16
+
+
+def test_counters_from_every_worker_are_summed():
+    from discovery.metrics import shared_block
+
+    block = shared_block(3)
+    workers = [Metrics(block, row=i, rows=3) for i in range(3)]
+    for i, metrics in enumerate(workers):
+        metrics.inc("discovery_eds_requests_total", i + 1, result="ok")
+    assert all(m.value("discovery_eds_requests_total", result="ok") == 6 for m in workers)
+    assert 'discovery_eds_requests_total{result="ok"} 6\n' in workers[0].render({})
+
+
+def test_the_last_host_of_a_service_stays_visible_for_the_grace_period():
+    from discovery.views import SweepGuard, build_view
+
+    solo = [host("10.0.0.1").__class__(**{**host("10.0.0.1").__dict__, "last_check_in": 40.0})]
+    # Expired 10 s ago (since 50), grace 30: still visible, and the answer changes when the grace ends.
+    view = build_view("svc", solo, since=50, ttl=60, guard=SweepGuard(), grace=30)
+    assert ([h.ip_address for h in view.hosts], view.held, view.valid_until) == (["10.0.0.1"], False, 130)
+    gone = build_view("svc", solo, since=75, ttl=60, guard=SweepGuard(), grace=30)
+    assert gone.hosts == [] and gone.cla["endpoints"] == []
