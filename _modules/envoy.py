@@ -307,6 +307,19 @@ def status(**kwargs):
     return _lib().status_report.status(_host(kwargs))
 
 
+def summary(**kwargs):
+    """
+    The first line of ``envoy.status``, alone: what an operator scans across a fleet.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' envoy.summary
+    """
+    return status(**kwargs)["summary"]
+
+
 def scheduled_highstate(**kwargs):
     """
     Run ``state.highstate`` and record its outcome (when, success, the failed states) for

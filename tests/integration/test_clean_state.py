@@ -121,6 +121,8 @@ def test_clean_drains_then_stops_envoy_and_removes_what_the_formula_created(host
     for gone in (paths["install_dir"], paths["config_file"], paths["config_file"] + ".prev", paths["run_dir"]):
         assert not Path(gone).exists(), gone
     assert (Path(paths["manifest_dir"]) / "foo.yaml").exists(), "manifests belong to the services"
+    left = sorted(p.name for p in Path(paths["config_dir"]).iterdir())
+    assert left == [Path(paths["manifest_dir"]).name], f"clean left config files behind: {left}"
     assert Path(paths["log_dir"]).is_dir(), "logs belong to the operators"
 
     again = host.apply("envoy.clean")
