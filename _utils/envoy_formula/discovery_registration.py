@@ -29,14 +29,23 @@ def host_ip(register, grains):
         "envoy:discovery:register:ip is not set and no grain (fqdn_ip4, ipv4) has a non-loopback address")
 
 
+CLOUD_ZONE = re.compile(r"^([a-z]+(?:-[a-z]+)*-?\d+)(?:[a-z]|-[a-z])$")
+
+
+def region_of(az):
+    """The region a zone name implies, where it follows the cloud convention of a region plus a
+    zone letter (AWS us-east-1a, GCP europe-west1-b); any other zone is its own region."""
+    match = CLOUD_ZONE.match(az)
+    return match.group(1) if match else az
+
+
 def tags(register, grains):
     """az, region, instance_id: pillar ``register:tags`` first, then grains, then derived."""
     out = dict(register.get("tags") or {})
     out.setdefault("az", grains.get("az") or grains.get("zone"))
     if not out["az"]:
         raise EnvoyFormulaError("envoy:discovery:register:tags:az is not set (nor an `az` or `zone` grain)")
-    # AWS naming: the region is the az without its letter (us-east-1a -> us-east-1).
-    out.setdefault("region", grains.get("region") or re.sub(r"[a-z]$", "", str(out["az"])))
+    out.setdefault("region", grains.get("region") or region_of(str(out["az"])))
     out.setdefault("instance_id", grains.get("instance_id") or grains.get("id"))
     return out
 
