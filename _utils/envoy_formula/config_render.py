@@ -66,12 +66,18 @@ def render_outputs(host, pillar, node_id, mode):
     return json.loads(_run(host, pillar, node_id, mode, ["--output", "json"]))
 
 
+def _generator_env(host):
+    """The generator keeps its compiled templates in the run dir (a cache: lost on reboot, checked
+    against each template's source, so a new bundle compiles afresh)."""
+    return {**os.environ, "ENVOY_CONFIGGEN_CACHE_DIR": os.path.join(host["run_dir"], "configgen-cache")}
+
+
 def _run(host, pillar, node_id, mode, extra):
     launcher = bundle_file(host, "bin", "envoy-configgen")
     try:
         proc = subprocess.run([sys.executable, launcher, "--manifest-dir", host["manifest_dir"], "--facts", "-", *extra],
                               input=_facts_json(pillar, host, node_id, mode), capture_output=True, text=True,
-                              timeout=TIMEOUT_S, check=False)
+                              timeout=TIMEOUT_S, check=False, env=_generator_env(host))
     except subprocess.TimeoutExpired as exc:
         raise EnvoyFormulaError(f"envoy-configgen took more than {TIMEOUT_S}s") from exc
     stderr = redaction.hide_private_keys(proc.stderr).strip()

@@ -242,3 +242,36 @@ def test_stream_knobs_replace_the_route_timeout_on_egress_and_ingress():
     ingress = route("ingress_foo", "local_foo")
     assert (ingress["timeout"], ingress["idle_timeout"]) == ("0.000s", "30.000s")
     assert ingress["max_stream_duration"]["max_stream_duration"] == "600.000s"
+
+
+def test_compiled_templates_are_kept_in_the_cache_dir_and_a_bad_entry_only_recompiles(tmp_path):
+    """ENVOY_CONFIGGEN_CACHE_DIR (the formula sets it): the first render stores the compiled
+    templates, later renders load them and give the same bytes; an entry that is not Jinja's
+    own (truncated, another version) is compiled again, never trusted."""
+    import os
+    import subprocess
+
+    manifests, pillar, host = golden_inputs("sidecar")
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "foo.yaml").write_text(manifests[0][1])
+    cache = tmp_path / "run" / "configgen-cache"
+    launcher = Path(__file__).resolve().parents[2] / "bundle" / "bin" / "envoy-configgen"
+
+    def render():
+        proc = subprocess.run([sys.executable, str(launcher), "--manifest-dir", str(tmp_path / "manifests")],
+                              input=json.dumps({"pillar": pillar, "host": host}), capture_output=True, text=True,
+                              env={**os.environ, "ENVOY_CONFIGGEN_CACHE_DIR": str(cache)}, check=True)
+        return proc.stdout
+
+    golden = (GOLDEN / "sidecar" / "envoy.yaml").read_text()
+    assert render() == golden
+    entries = sorted(cache.iterdir())
+    assert entries and all(e.name.startswith("__jinja2_") for e in entries), entries
+    assert cache.stat().st_mode & 0o777 == 0o700
+    stamps = {e: e.stat().st_mtime_ns for e in entries}
+    assert render() == golden
+    assert {e: e.stat().st_mtime_ns for e in entries} == stamps, "a warm cache is read, not rewritten"
+    for entry in entries:
+        entry.write_bytes(b"not jinja bytecode")
+    assert render() == golden
+    assert all(e.read_bytes() != b"not jinja bytecode" for e in entries), "bad entries are replaced"
