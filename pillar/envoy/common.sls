@@ -12,9 +12,7 @@ envoy:
         path: /healthcheck
         timeout_ms: 2000
         interval_ms: 5000
-        # demo: re-check an idle host every 5 s (Envoy's default, 60 s, suits production), so a
-        # host that just came up is routable at once.
-        no_traffic_interval_ms: 5000
+        no_traffic_interval_ms: 5000   # idle cluster, host not healthy yet (the default)
         unhealthy_threshold: 2
         healthy_threshold: 2
 

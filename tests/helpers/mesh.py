@@ -95,7 +95,7 @@ def lab_pillar(lab, tuning=True):
             # Faster than production so the tests run in seconds: an idle or new host is checked
             # every second; two failed checks take it out, two good ones bring it back.
             "health_check": {"interval_ms": 1000, "timeout_ms": 500, "no_traffic_interval_ms": 1000,
-                             "unhealthy_threshold": 2, "healthy_threshold": 2},
+                             "no_traffic_healthy_interval_ms": 1000, "unhealthy_threshold": 2, "healthy_threshold": 2},
             **(MESH_TUNING if tuning else {}),
         }},
     }}

@@ -59,7 +59,8 @@ def grpc_mesh(tmp_path_factory, envoy_bin):
         pillar = {
             "roles": ["sidecar"],
             "listeners": {"egress": {"port": ports["egress"]}},
-            "defaults": {"upstreams": {"health_check": {"interval_ms": 500, "no_traffic_interval_ms": 500}}},
+            "defaults": {"upstreams": {"health_check": {"interval_ms": 500, "no_traffic_interval_ms": 500,
+                                                        "no_traffic_healthy_interval_ms": 500}}},
             "services": {
                 "pricing": {"type": "http2", "hosts": backends, "lb_policy": "round_robin",
                             "health_check_grpc_service": SERVICE},

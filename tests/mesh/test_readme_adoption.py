@@ -196,8 +196,8 @@ def test_readme_adoption(adoption):
         job = schedule["envoy-highstate"]
         assert (job["function"], job["minutes"], job["splay"]) == ("envoy.scheduled_highstate", 15, 300), job
     # The three highstates run at once: when the front's first health check of a foo host comes
-    # before that host's Envoy listens, Envoy checks it again only after no_traffic_interval_ms
-    # (60 s by default, then healthy_threshold checks), so both hosts answer within about a minute.
+    # before that host's Envoy listens, the host is checked again after no_traffic_interval_ms (5 s
+    # by default) and needs healthy_threshold passes; meanwhile the other host answers everything.
     answered_by, errors = set(), []
 
     def both_foo_hosts_answer():

@@ -149,9 +149,12 @@ HEALTH_CHECK = Map({
     "path": Field(URL_PATH, default="/healthcheck"),
     "timeout_ms": Field(ms(), default=2000),
     "interval_ms": Field(ms(), default=5000),
-    # How often a host that has had no traffic yet is checked (Envoy's default, 60 s, also applies
-    # after a failed first check at start-up).
-    "no_traffic_interval_ms": Field(ms(), default=60000),
+    # While a cluster has had no traffic: hosts not (yet) healthy are checked every
+    # no_traffic_interval_ms, so a host whose first check came before it listened (a fleet converging
+    # at once, a front whose upstream is its own sidecar) is found within seconds, not Envoy's 60 s;
+    # healthy hosts only every no_traffic_healthy_interval_ms, which keeps idle mesh clusters quiet.
+    "no_traffic_interval_ms": Field(ms(), default=5000),
+    "no_traffic_healthy_interval_ms": Field(ms(), default=60000),
     "unhealthy_threshold": Field(Int(1, 100), default=2),
     "healthy_threshold": Field(Int(1, 100), default=2),
 })
