@@ -54,13 +54,10 @@ MESH_TUNING = {
     # A request sent on a pooled connection to a host that lost power gets no answer and no reset:
     # without a per-try timeout it waits out the whole route timeout (504 UT) instead of retrying.
     "per_try_timeout_ms": 250,
-    # Envoy allows 3 concurrent retries per cluster by default; while a dead host is still in
-    # rotation at 200 req/s, more retries than that are in flight and the rest fail (flags UO,UF).
-    "circuit_breakers": {"max_retries": 1000},
-    # Eject on 3 consecutive failures (connect timeouts and resets count), re-check every second,
-    # and allow ejecting one of two hosts (10 %, the default, ejects none of two).
-    "outlier_detection": {"consecutive_5xx": 3, "interval_ms": 1000, "base_ejection_time_ms": 10000,
-                          "max_ejection_percent": 50},
+    # Eject on 3 consecutive failures (connect timeouts and resets count) and re-check every second.
+    # max_retries and max_ejection_percent are the generator's defaults (1024, 50): the power-loss
+    # test checks them (with Envoy's own 3 and 10 % the lab lost requests).
+    "outlier_detection": {"consecutive_5xx": 3, "interval_ms": 1000, "base_ejection_time_ms": 10000},
 }
 SCHEDULE_SECONDS = 15
 SCHEDULE_SPLAY = 2

@@ -163,7 +163,9 @@ OUTLIER_DETECTION = Map({
     "consecutive_5xx": Field(Int(1, 1000), default=5),
     "interval_ms": Field(ms(), default=10000),
     "base_ejection_time_ms": Field(ms(), default=30000),
-    "max_ejection_percent": Field(Int(0, 100), default=10),
+    # Envoy's 10 % allows ejecting one host of a small cluster at most; half of it may go while the
+    # rest can take the load (Envoy's panic threshold, 50 %, is the same line).
+    "max_ejection_percent": Field(Int(0, 100), default=50),
 })
 LB_POLICIES = ["round_robin", "least_request", "random"]
 
@@ -180,7 +182,10 @@ DEFAULTS = Map({
             "max_connections": Field(count(), default=1024),
             "max_pending_requests": Field(count(), default=1024),
             "max_requests": Field(count(), default=1024),
-            "max_retries": Field(Int(0, 1_000_000), default=3),
+            # Envoy's own default, 3 concurrent retries per cluster, fails requests at once (UO)
+            # while a dead host is still in rotation; retries never outnumber the requests they
+            # retry (retries is at most a few per request), so the same bound as max_requests.
+            "max_retries": Field(Int(0, 1_000_000), default=1024),
         }), default={}),
         "outlier_detection": Field(OUTLIER_DETECTION, default={}),
         "health_check": Field(HEALTH_CHECK, default={}),
