@@ -30,6 +30,7 @@ MODULES = (
     "admin_api", "restarter_status", "supervisor", "preflight", "lifecycle", "highstate_record", "status_report",
     "xds_acceptance", "xds_apply", "config_apply",
     "discovery_registration", "discovery_daemon",
+    "config_drift", "traffic_sample", "report_summary",
 )
 # Imported before this execution of the package: possibly older than the files on disk.
 _stale = [name for name in MODULES if f"{__name__}.{name}" in sys.modules]

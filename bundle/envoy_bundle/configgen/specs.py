@@ -337,7 +337,7 @@ PILLAR_SECTIONS = {
     "observability": Field(OBSERVABILITY, default={}),
 }
 # The formula's own keys of pillar `envoy:` (not the generator's; never flagged as typos).
-FORMULA_KEYS = ("lookup", "bundle", "schedule", "restart", "discovery", "register", "registration")
+FORMULA_KEYS = ("lookup", "bundle", "schedule", "restart", "discovery", "register", "registration", "report")
 # Only the address Envoy reaches the discovery service at; the rest of `envoy:discovery` is the
 # discovery engineer's (registration, the service's own settings).
 DISCOVERY = Map({"address": Field(HostPort())})
