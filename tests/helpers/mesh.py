@@ -2,8 +2,8 @@
 The mesh on lab hosts (tests/helpers/lab.py), set up through Salt the way users run it:
 
 - ``master`` runs a salt-master daemon. Its file roots are the formula's ``salt/``, a small dir with
-  only ``_modules``, ``_states``, ``_utils`` (links into the repo) and the lab's ``top.sls``, and a
-  dir that publishes bundles as ``salt://envoy-bundles/<archive>``. Its pillar is a copy of the
+  only ``_modules``, ``_states``, ``_runners``, ``_utils`` (links into the repo) and the lab's
+  ``top.sls``, and a dir that publishes bundles as ``salt://envoy-bundles/<archive>``. Its pillar is a copy of the
   repo's ``pillar/`` with the lab's catalogue (foo and bar from discovery), a ``lab.sls`` (what the
   network team sets for this fleet: tracing, access log format, health checks, schedule) and
   ``hosts/<id>.sls`` per host.
@@ -200,7 +200,7 @@ class Mesh:
         file_root = master.path("master", "/srv/salt")
         ext = file_root / "ext"
         ext.mkdir(parents=True)
-        for sub in ("_modules", "_states", "_utils"):
+        for sub in ("_modules", "_states", "_runners", "_utils"):
             (ext / sub).symlink_to(REPO / sub)
         (ext / "top.sls").write_text(yaml.safe_dump({"base": {
             "discovery": ["envoy.discovery", "envoy.schedule"],
