@@ -1,6 +1,6 @@
 """
-Requests through this host's Envoy since the previous sample: each service's ingress listener and
-the egress listener, read from the admin API's counters. The previous sample is kept in the run
+Requests through this host's Envoy since the previous sample: each service's ingress (health checks
+left out) and the egress listener, read from the admin API's counters. The previous sample is kept in the run
 dir, so two publishes of the report are two samples and the adoption burndown can tell a service
 whose traffic really goes through Envoy ("in use") from one whose Envoy merely runs.
 """
@@ -13,13 +13,22 @@ from . import admin_api, atomic_files
 from .errors import EnvoyFormulaError
 
 FILE = "report-traffic.json"
-_COUNTER = re.compile(r"^http\.(ingress_.+|egress)\.downstream_rq_total$")
+# A service's requests at its ingress, without the health checks callers' Envoys send it (the
+# generator counts those in a virtual cluster of their own; "other" is everything else), and the
+# requests the host's apps sent out through the egress listener.
+_INGRESS = re.compile(r"^vhost\.local_(.+)\.vcluster\.other\.upstream_rq_total$")
+_EGRESS = "http.egress.downstream_rq_total"
 
 
 def read_counters(admin_port):
-    """{"ingress_<service>" | "egress": downstream_rq_total} of the running Envoy."""
-    stats = admin_api.Admin(admin_port).stats(_COUNTER.pattern)
-    return {match.group(1): int(value) for name, value in stats.items() if (match := _COUNTER.match(name))}
+    """{"ingress_<service>" | "egress": requests} of the running Envoy."""
+    stats = admin_api.Admin(admin_port).stats(f"{_INGRESS.pattern}|^{re.escape(_EGRESS)}$")
+    out = {"egress": int(stats[_EGRESS])} if _EGRESS in stats else {}
+    for name, value in stats.items():
+        match = _INGRESS.match(name)
+        if match:
+            out[f"ingress_{match.group(1)}"] = int(value)
+    return out
 
 
 def delta(now, before):

@@ -6,16 +6,28 @@ manifest dropped since the last highstate), requests through each listener since
 sample, and where Prometheus scrapes the host.
 """
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers.net import free_port, http_get
-from tests.helpers.sandbox import SandboxHost
+from tests.helpers.net import free_port, http_get, wait_for
+from tests.helpers.sandbox import REPO, SandboxHost
 
 PORTS = {name: free_port() for name in ("ingress", "app", "egress", "stats")}
+
+
+@pytest.fixture(scope="module")
+def app():
+    proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.app", "--port", str(PORTS["app"]), "--name", "foo"],
+                            cwd=REPO)
+    wait_for(lambda: http_get(f"http://127.0.0.1:{PORTS['app']}/healthcheck")[0] == 200, what="foo's app")
+    yield
+    proc.terminate()
+    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +77,12 @@ def test_a_live_host_in_step_with_its_inputs(host):
     assert 0 <= out["config_age_s"] < 600
 
 
-def test_requests_through_envoy_are_counted_between_two_samples(host):
+def test_requests_through_envoy_are_counted_between_two_samples(host, app):
     summary(host)  # the sample the next one is compared with
     for _ in range(3):
-        http_get(f"http://127.0.0.1:{PORTS['ingress']}/x")  # no app behind it: 503, still a request
+        assert http_get(f"http://127.0.0.1:{PORTS['ingress']}/x")[0] == 200
+    for _ in range(2):  # a caller's health check is not traffic
+        assert http_get(f"http://127.0.0.1:{PORTS['ingress']}/healthcheck")[0] == 200
     out = summary(host)
     listeners = out["traffic"]["listeners"]
     assert listeners["ingress_foo"]["delta"] == 3, out["traffic"]

@@ -204,8 +204,11 @@ class ModelBuilder:
         }
         route = self.route_action(local, {key: settings.get(key) for key in ("timeout_ms", *STREAM_KNOBS)}
                                   | {"retries": settings["connect_retries"], "retry_on": SAFE_RETRY_ON})
+        # Health checks pass through to the app; counting them apart (a virtual cluster) leaves the
+        # catch-all one, vhost.local_<service>.vcluster.other, counting the service's real requests.
         vhost = {"name": local, "domains": ["*"],
-                 "routes": [{"name": local, "match": {"kind": "prefix", "value": "/", "headers": []}, "route": route}]}
+                 "routes": [{"name": local, "match": {"kind": "prefix", "value": "/", "headers": []}, "route": route}],
+                 "virtual_clusters": [{"name": "healthcheck", "path": ingress["health_check"]}]}
         self.listeners.append({
             "kind": "http", "name": f"ingress_{service}", "address": self.net["listeners"]["ingress"]["address"],
             "port": ingress["port"], "direction": "INBOUND",
