@@ -213,8 +213,8 @@ def prometheus_config(out=None, file_sd=False, scrape_interval="15s", tgt="*", t
     Prometheus's scrape config for the fleet, from the stats listener address each host reports
     (pillar ``envoy:listeners:stats``): a whole prometheus.yml, or with ``file_sd=True`` the target
     groups for a ``file_sd_configs`` file (Prometheus re-reads it as the fleet changes). Targets
-    carry the labels the dashboards select on (host, envoy_roles, envoy_services). Hosts without
-    a stats listener are listed under ``without_stats_listener``.
+    carry the labels the dashboards select on (host, envoy_roles, envoy_services). Minions without
+    a stats listener, or without a report in the mine, are listed under ``without_stats_listener``.
 
     CLI Example:
 
@@ -226,7 +226,9 @@ def prometheus_config(out=None, file_sd=False, scrape_interval="15s", tgt="*", t
     import yaml
 
     config = _lib().prometheus_config
-    groups, missing = config.target_groups(_from_mine(tgt, tgt_type))
+    entries = _from_mine(tgt, tgt_type)
+    groups, missing = config.target_groups(entries)
+    missing = sorted(set(missing) | (set(_minions(tgt, tgt_type)) - set(entries)))  # no report: no address
     data = groups if file_sd else config.prometheus_yml(groups, scrape_interval)
     if not out:
         return {"config": data, "without_stats_listener": missing}

@@ -38,6 +38,15 @@ def parse_time(text):
     return value.timestamp()
 
 
+def as_seconds(value):
+    """A time as unix seconds: a number as is, ISO 8601 text (discovery's ``last_check_in``) parsed."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    return parse_time(value)
+
+
 def short(sha):
     return sha[:12] if isinstance(sha, str) else None
 
@@ -83,7 +92,7 @@ def _discovery(entry, now):
     if not found.get("configured") or "services" not in found:
         return {"error": found["error"]} if found.get("error") else None
     services = found["services"]
-    check_ins = [s["last_check_in"] for s in services if s.get("last_check_in")]
+    check_ins = [t for t in (as_seconds(s.get("last_check_in")) for s in services) if t is not None]
     return {"registered": sum(1 for s in services if s.get("listed") and s.get("current")), "of": len(services),
             "check_in_age_s": round(now - min(check_ins), 1) if check_ins else None}
 

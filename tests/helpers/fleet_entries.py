@@ -5,9 +5,15 @@ report benchmark's simulated fleet.
 """
 
 import copy
+import datetime
 
 BUNDLE = "1.40.0-2f6c0a9e41d7"
 SHA = "5f1c0ad8e3b9" + "0" * 52
+
+
+def iso(seconds):
+    """As the discovery service writes ``last_check_in``: ISO 8601 UTC with milliseconds."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def entry(minion, now, age=30.0, live=True, services=(), upstreams=(), roles=("sidecar",), catalogue=("bar", "foo"),
@@ -35,7 +41,7 @@ def entry(minion, now, age=30.0, live=True, services=(), upstreams=(), roles=("s
                                    for s in services], "problems": []},
         "catalogue": sorted(catalogue),
         "discovery": {"configured": True, "problems": [],
-                      "services": [{"service": s, "listed": True, "current": True, "last_check_in": now - 20}
+                      "services": [{"service": s, "listed": True, "current": True, "last_check_in": iso(now - 20)}
                                    for s in services]},
         "drift": {"drift": drift, "files": ["envoy.yaml"] if drift else [], "error": None, "checked_at": now - age},
         "traffic": {"listeners": ({**{f"ingress_{s}": {"total": 1000, "delta": ingress_delta} for s in services},
