@@ -235,6 +235,15 @@ def _envoy_text(item):
     return "LIVE" if item["live"] else (item["state"] or "unknown").upper()
 
 
+def release(version):
+    """The release in Envoy's build version (``<commit>/1.40.0/Clean/RELEASE/BoringSSL``): ``1.40.0``;
+    anything else as is. The JSON rows keep the whole string."""
+    if not isinstance(version, str) or not version:
+        return None
+    parts = version.split("/")
+    return parts[1] if len(parts) >= 3 and parts[1][:1].isdigit() else version
+
+
 def display_row(item, with_certificates=False):
     """The row as short strings, for Salt's table outputter and the HTML page."""
     out = {
@@ -243,7 +252,7 @@ def display_row(item, with_certificates=False):
         "envoy": _envoy_text(item),
         "age": human_duration(item["age_s"]),
         "bundle": item["bundle"] or "-",
-        "version": item["envoy_version"] or "-",
+        "version": release(item["envoy_version"]) or "-",
         "epoch": "-" if item["epoch"] is None else str(item["epoch"]),
         "uptime": human_duration(item["uptime_s"]),
         "config": _config_text(item["config"]),

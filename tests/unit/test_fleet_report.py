@@ -110,3 +110,13 @@ def test_durations_read_like_ages():
         "-", "5s", "59s", "1m", "59m", "1h", "2d"]
     assert fleet_report.parse_time("2026-11-27T07:01:02Z") == fleet_report.parse_time("2026-11-27T07:01:02+00:00")
     assert fleet_report.parse_time("soon") is None
+
+
+def test_the_table_shows_envoys_release_and_the_json_its_whole_build_version():
+    build = "9e5580933739775e8bce696a57a2e1bc99368f23/1.40.0/Clean/RELEASE/BoringSSL"
+    live = entry("a", NOW)
+    live["status"]["envoy_version"] = build
+    row = fleet_report.rows(["a"], {"a": live}, NOW)[0]
+    assert row["envoy_version"] == build
+    assert fleet_report.display_row(row)["version"] == "1.40.0"
+    assert [fleet_report.release(v) for v in ("1.40.0", "dev", None, "")] == ["1.40.0", "dev", None, None]
