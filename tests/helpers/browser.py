@@ -34,3 +34,16 @@ def chromium(width=1400, height=1000):
         yield driver
     finally:
         driver.quit()
+
+
+def full_page_screenshot(driver, path, width=1400):
+    """A PNG of the whole page at ``width`` CSS pixels (not only the window's viewport)."""
+    height = driver.execute_script("return Math.max(document.documentElement.scrollHeight, document.body.scrollHeight)")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": int(height), "deviceScaleFactor": 1, "mobile": False})
+    try:
+        if not driver.save_screenshot(str(path)):
+            raise RuntimeError(f"no screenshot written to {path}")
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    return path

@@ -317,6 +317,22 @@ class Mesh:
             raise SaltError(f"salt {target} {fun}: no returns ({proc.returncode}): {proc.stderr[-2000:]}")
         return data
 
+    def salt_run(self, fun, *args, out="json", timeout=300):
+        """``salt-run <fun> <args>`` on the master: the parsed JSON (``out="json"``), else the text."""
+        argv = [str(VENV_BIN / "salt-run"), f"--out={out}", f"--timeout={timeout}", fun, *map(str, args)]
+        proc = self.lab.run("master", argv, check=False, timeout=timeout + 60)
+        if proc.returncode != 0:
+            raise SaltError(f"salt-run {fun}: exit {proc.returncode}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        if out != "json":
+            return proc.stdout
+        try:
+            data = json.loads(proc.stdout)
+        except ValueError:
+            raise SaltError(f"salt-run {fun}: not JSON: {proc.stdout[-2000:]}{proc.stderr[-2000:]}") from None
+        if isinstance(data, str):  # salt-run prints a runner's exception as its return, and exits 0
+            raise SaltError(f"salt-run {fun} {' '.join(map(str, args))}: {data[-3000:]}")
+        return data
+
     def wait_minions(self, minions=MINIONS, timeout=120):
         def answering():
             data = self.salt(",".join(minions), "test.ping", tgt_type="list", timeout=5, check=False)
