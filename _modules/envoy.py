@@ -320,6 +320,25 @@ def summary(**kwargs):
     return status(**kwargs)["summary"]
 
 
+@_salt_errors
+def report_summary(**kwargs):
+    """
+    This host's entry in the fleet report: the gist of ``envoy.status``, its manifests, drift (the
+    config on disk against what its manifests and this minion's pillar render), its registrations
+    in discovery, requests through its listeners since the previous call, and its Prometheus
+    scrape address. ``envoy.report`` (salt/envoy/report) publishes it to the Salt mine on an
+    interval; ``salt-run envoy.report live=True`` asks for it directly.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.report_summary
+        salt-call mine.send envoy.report mine_function=envoy.report_summary
+    """
+    return _lib().report_summary.collect(_host(kwargs), __pillar__.get("envoy") or {}, _node_id(), __grains__)
+
+
 def scheduled_highstate(**kwargs):
     """
     Run ``state.highstate`` and record its outcome (when, success, the failed states) for

@@ -10,7 +10,9 @@ too, for what the restarter shares with the formula (``restarter_status``, ``pri
 Data flow on a host: bundle_releases (fetch, verify, unpack, flip ``current``) -> config_render
 (manifests + pillar through the bundle's generator) -> config_validate (the bundle's envoy) ->
 config_file (atomic write, ``.prev``) -> lifecycle (start, hot or full restart, rollback) through
-supervisor (the restarter) -> discovery_registration (heartbeats).
+supervisor (the restarter) -> discovery_registration (heartbeats) -> report_summary (what the
+host publishes to the mine). On the master, the runner reads the mine through fleet_report,
+burndown, report_html, dashboards and prometheus_config.
 """
 
 import importlib
@@ -30,6 +32,8 @@ MODULES = (
     "admin_api", "restarter_status", "supervisor", "preflight", "lifecycle", "highstate_record", "status_report",
     "xds_acceptance", "xds_apply", "config_apply",
     "discovery_registration", "discovery_daemon",
+    "config_drift", "traffic_sample", "report_summary",
+    "fleet_report", "burndown", "report_html", "dashboards", "prometheus_config",
 )
 # Imported before this execution of the package: possibly older than the files on disk.
 _stale = [name for name in MODULES if f"{__name__}.{name}" in sys.modules]

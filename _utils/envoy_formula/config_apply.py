@@ -80,15 +80,23 @@ def _diff(config_dir, old, new, rels):
     return redaction.hide_private_keys("".join(parts))
 
 
-def _plan(host, outputs, old_all):
-    """What this run changes: the files, whether live (no restart) or through a restart."""
-    new = outputs["files"]
+def comparable(new, old_all):
+    """(the files on disk that ``new`` replaces, the paths that differ): the bootstrap, client.json
+    and the xDS files of ``new``'s generation (older generations stay for draining epochs)."""
     generation = generation_of(new)
     keep = {config_files.BOOTSTRAP, config_files.CLIENT}
     old = {rel: text for rel, text in old_all.items()
            if rel in keep or (generation and rel.startswith(f"xds/{generation}/"))}
     changed = sorted(rel for rel in set(old) | set(new) if old.get(rel) != new.get(rel)
                      and not (rel == config_files.CLIENT and rel not in new))
+    return old, changed
+
+
+def _plan(host, outputs, old_all):
+    """What this run changes: the files, whether live (no restart) or through a restart."""
+    new = outputs["files"]
+    generation = generation_of(new)
+    old, changed = comparable(new, old_all)
     bootstrap_changed = config_files.BOOTSTRAP in changed
     running = running_bootstrap(host)
     live = (outputs["mode"] == "files" and not bootstrap_changed and running is not None

@@ -173,7 +173,7 @@ def status(host, grains):
                     f"{entry['service']}: cannot list hosts at {url} ({exc.__class__.__name__}: {exc})") from exc
             mine = next((h for h in listed if h.get("ip_address") == entry["ip"] and h.get("port") == entry["port"]),
                         None)
-            out.append({**entry, "listed": mine is not None,
+            out.append({**entry, "listed": mine is not None, "last_check_in": (mine or {}).get("last_check_in"),
                         "current": bool(mine) and mine.get("revision") == entry["revision"]
                         and mine.get("tags") == entry["tags"]})
     return {"services": out, "problems": problems, "url": url}

@@ -4,7 +4,7 @@ gets its dict from ``envoy.settings``, and every execution and state function re
 dict, so an SLS file never repeats a key list and the two sides cannot disagree.
 
 Later sources win: the defaults below, pillar (``envoy:lookup`` for the host itself; ``envoy:roles``,
-``envoy:restart``, ``envoy:schedule``, ``envoy:discovery``, ``envoy:bundle`` for the rest), then
+``envoy:restart``, ``envoy:schedule``, ``envoy:discovery``, ``envoy:report``, ``envoy:bundle`` for the rest), then
 keyword overrides of ``lookup`` keys. ``root`` prefixes every path once, so a whole host can live
 in a sandbox directory without privileges (the demo and the tests); it is empty on real hosts.
 """
@@ -67,6 +67,16 @@ DISCOVERY_DEFAULTS = {
     "server": {"hosts": None, "listen": "0.0.0.0:8080", "ttl": 600, "redis": None,
                "sqlite": "/var/lib/envoy-discovery/hosts.sqlite3", "command": "envoy-discovery",
                "env": "production"},
+}
+
+# The fleet report (salt/envoy/report): this host's status summary, published to the Salt mine.
+REPORT_DEFAULTS = {
+    "enabled": True,           # false: stop publishing (the master then shows this host's row ageing)
+    "minutes": 1,              # publish interval: the report is at most this old (plus splay)
+    "seconds": None,           # an interval in seconds instead (tests)
+    "splay": 10,               # random delay of each publish, seconds
+    "drift": True,             # compare the config on disk with what its inputs render
+    "schedule_offline": None,  # write the job for the minion's next start (default: as discovery's)
 }
 
 SYSTEMD_UNIT_DIR = "/etc/systemd/system"
@@ -179,6 +189,20 @@ def _discovery(pillar, root, schedule_method):
     return merged
 
 
+def _report(pillar, schedule_method):
+    merged = _merge(REPORT_DEFAULTS, _section(pillar, "report"))
+    for key in ("minutes", "seconds", "splay"):
+        value = merged[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise EnvoyFormulaError(f"pillar envoy:report:{key}={value!r}: expected a whole number >= 0")
+    if not (merged["seconds"] or merged["minutes"]):
+        raise EnvoyFormulaError("pillar envoy:report: minutes or seconds must be above 0 (the publish interval)")
+    if merged["schedule_offline"] is None:
+        merged["schedule_offline"] = schedule_method != "minion"
+    merged["interval_s"] = merged["seconds"] or merged["minutes"] * 60
+    return merged
+
+
 def _bundle(pillar, keep_releases):
     bundle = _section(pillar, "bundle")
     return {"source": bundle.get("source"), "sha256": bundle.get("sha256"),
@@ -220,5 +244,6 @@ def resolve(pillar, lookup=None, grains=None, euid=None, overrides=None):
     host["schedule"] = _schedule(pillar)
     host["restart"] = restart_timings(pillar)
     host["discovery"] = _discovery(pillar, root, host["schedule"]["method"])
+    host["report"] = _report(pillar, host["schedule"]["method"])
     host["bundle"] = _bundle(pillar, host["keep_releases"])
     return host

@@ -26,6 +26,14 @@ def record(host, inputs, reason):
     atomic_files.write_json(path(host), {"inputs": inputs, "reason": reason, "at": at})
 
 
+def last(host):
+    """The record of the last refusal ({inputs, reason, at}), or None."""
+    try:
+        return atomic_files.read_json(path(host))
+    except (OSError, ValueError):
+        return None
+
+
 def refused(host, inputs):
     """The record when these very inputs were refused before, else None."""
     try:

@@ -68,8 +68,9 @@ def _resources(host, admin_up):
             version = (yaml.safe_load(text) or {}).get("version_info")
         except yaml.YAMLError:
             version = None
-        out[key] = {"file": version,
-                    "running": running.get(f"{xds_acceptance.stat_prefix(kind, name)}.version_text")}
+        prefix = xds_acceptance.stat_prefix(kind, name)
+        out[key] = {"file": version, "running": running.get(f"{prefix}.version_text"),
+                    "rejected": int(running.get(f"{prefix}.update_rejected") or 0)}
     return out
 
 

@@ -1,7 +1,8 @@
 {#- The whole formula, in the order data flows on a host: the envoy user, the bundle (envoy binary,
     config generator, restarter), this host's config rendered from manifests and pillar, Envoy under
-    its restarter (a changed bundle or config hot restarts it), discovery registration, and the
-    pull-based highstate schedule. envoy.clean undoes it in reverse order. #}
+    its restarter (a changed bundle or config hot restarts it), discovery registration, this host's
+    entry in the fleet report (the Salt mine), and the pull-based highstate schedule. envoy.clean
+    undoes it in reverse order. #}
 {%- set tplroot = tpldir.split('/')[0] %}
 
 include:
@@ -10,4 +11,5 @@ include:
   - {{ tplroot }}.config
   - {{ tplroot }}.service
   - {{ tplroot }}.discovery
+  - {{ tplroot }}.report
   - {{ tplroot }}.schedule

@@ -2,8 +2,8 @@
 The mesh on lab hosts (tests/helpers/lab.py), set up through Salt the way users run it:
 
 - ``master`` runs a salt-master daemon. Its file roots are the formula's ``salt/``, a small dir with
-  only ``_modules``, ``_states``, ``_utils`` (links into the repo) and the lab's ``top.sls``, and a
-  dir that publishes bundles as ``salt://envoy-bundles/<archive>``. Its pillar is a copy of the
+  only ``_modules``, ``_states``, ``_runners``, ``_utils`` (links into the repo) and the lab's
+  ``top.sls``, and a dir that publishes bundles as ``salt://envoy-bundles/<archive>``. Its pillar is a copy of the
   repo's ``pillar/`` with the lab's catalogue (foo and bar from discovery), a ``lab.sls`` (what the
   network team sets for this fleet: tracing, access log format, health checks, schedule) and
   ``hosts/<id>.sls`` per host.
@@ -197,7 +197,7 @@ class Mesh:
         file_root = master.path("master", "/srv/salt")
         ext = file_root / "ext"
         ext.mkdir(parents=True)
-        for sub in ("_modules", "_states", "_utils"):
+        for sub in ("_modules", "_states", "_runners", "_utils"):
             (ext / sub).symlink_to(REPO / sub)
         (ext / "top.sls").write_text(yaml.safe_dump({"base": {
             "discovery": ["envoy.discovery", "envoy.schedule"],
@@ -312,6 +312,22 @@ class Mesh:
                             f"{proc.stderr[-2000:]}") from None
         if check and not data:
             raise SaltError(f"salt {target} {fun}: no returns ({proc.returncode}): {proc.stderr[-2000:]}")
+        return data
+
+    def salt_run(self, fun, *args, out="json", timeout=300):
+        """``salt-run <fun> <args>`` on the master: the parsed JSON (``out="json"``), else the text."""
+        argv = [str(VENV_BIN / "salt-run"), f"--out={out}", f"--timeout={timeout}", fun, *map(str, args)]
+        proc = self.lab.run("master", argv, check=False, timeout=timeout + 60)
+        if proc.returncode != 0:
+            raise SaltError(f"salt-run {fun}: exit {proc.returncode}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        if out != "json":
+            return proc.stdout
+        try:
+            data = json.loads(proc.stdout)
+        except ValueError:
+            raise SaltError(f"salt-run {fun}: not JSON: {proc.stdout[-2000:]}{proc.stderr[-2000:]}") from None
+        if isinstance(data, str):  # salt-run prints a runner's exception as its return, and exits 0
+            raise SaltError(f"salt-run {fun} {' '.join(map(str, args))}: {data[-3000:]}")
         return data
 
     def wait_minions(self, minions=MINIONS, timeout=120):

@@ -4,7 +4,7 @@ The mesh lab's apps, each a plain Python process with nothing but the standard l
 
 - ``bar``: a stdlib ``http.server.ThreadingHTTPServer``. Logs each request's ``x-request-id`` and
   answers with its host name: ``{"service": "bar", "host": ..., "request_id": ..., "path": ...}``
-  (``/sleep/<ms>/...`` answers after that long).
+  (``/sleep/<ms>/...`` answers after that long; ``.../status/<code>`` answers with that status).
 - ``foo``: a WSGI app behind ``envoy_client.WSGIMiddleware`` (the propagation middleware), served by
   a small threaded stdlib server. ``/foo/...`` calls bar through the local Envoy egress with
   ``envoy_client.get("bar", ...)`` and returns bar's answer; ``/direct/...`` makes the same call
@@ -88,9 +88,11 @@ def serve_bar(args):
                 return
             if self.path.startswith("/sleep/"):  # /sleep/<ms>: a slow answer
                 time.sleep(int(self.path.split("/")[2]) / 1000.0)
+            # .../status/<code>: answer with that status (failures the dashboards must show).
+            status = int(self.path.rsplit("/status/", 1)[1].split("/")[0]) if "/status/" in self.path else 200
             body = json.dumps({"service": "bar", "host": host, "request_id": request_id, "path": self.path})
-            self.send_body(200, body)
-            log.request(request_id, "GET", self.path, 200)
+            self.send_body(status, body)
+            log.request(request_id, "GET", self.path, status)
 
     serve(args, BarHandler)
 

@@ -10,7 +10,7 @@ import yaml
 
 from tests.helpers.sandbox import REPO, SandboxHost
 
-COMPONENTS = ["user", "bundle", "config", "service", "discovery", "schedule"]
+COMPONENTS = ["user", "bundle", "config", "service", "discovery", "report", "schedule"]
 
 
 def test_formula_metadata():
@@ -50,7 +50,7 @@ def test_clean_undoes_the_components_in_reverse_order(tmp_path):
         [order] = [item["order"] for item in args if isinstance(item, dict) and "order" in item]
         first[state["__sls__"]] = min(first.get(state["__sls__"], 10**9), order)
     order = sorted(first, key=first.get)
-    assert order == ["envoy.schedule.clean", "envoy.discovery.clean", "envoy.service.clean",
+    assert order == ["envoy.schedule.clean", "envoy.report.clean", "envoy.discovery.clean", "envoy.service.clean",
                      "envoy.config.clean", "envoy.bundle.clean"]
 
 

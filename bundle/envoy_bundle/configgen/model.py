@@ -53,6 +53,8 @@ class ModelBuilder:
             self.add_static_cluster("zipkin", tracing["zipkin"]["address"], connect_timeout_ms=1000)
         if any(c.get("eds_service") for c in self.clusters.values()):
             self.add_static_cluster("discovery", self.discovery["address"], connect_timeout_ms=1000)
+        if self.net["listeners"].get("stats"):
+            self.add_stats_listener(self.net["listeners"]["stats"])
         return {
             "node": self.node(),
             "admin": {"address": self.host["admin_address"], "port": self.host["admin_port"]},
@@ -88,6 +90,14 @@ class ModelBuilder:
             "tracing": {"endpoint": tracing["zipkin"]["endpoint"], "sample_percent": float(tracing["sample_percent"])}
             if tracing else None,
         }
+
+    def add_stats_listener(self, stats):
+        """Prometheus reaches /stats/prometheus here, proxied to the admin API on 127.0.0.1; the
+        admin API itself (config dumps, POSTs that drain or fail health checks) stays unreachable."""
+        self.add_static_cluster("envoy_admin", f"{self.host['admin_address']}:{self.host['admin_port']}",
+                                connect_timeout_ms=250)
+        self.listeners.append({"kind": "stats", "name": "stats", "address": stats["address"], "port": stats["port"],
+                               "direction": "INBOUND", "cluster": "envoy_admin"})
 
     # --- clusters -----------------------------------------------------------------------------
 
@@ -194,8 +204,11 @@ class ModelBuilder:
         }
         route = self.route_action(local, {key: settings.get(key) for key in ("timeout_ms", *STREAM_KNOBS)}
                                   | {"retries": settings["connect_retries"], "retry_on": SAFE_RETRY_ON})
+        # Health checks pass through to the app; counting them apart (a virtual cluster) leaves the
+        # catch-all one, vhost.local_<service>.vcluster.other, counting the service's real requests.
         vhost = {"name": local, "domains": ["*"],
-                 "routes": [{"name": local, "match": {"kind": "prefix", "value": "/", "headers": []}, "route": route}]}
+                 "routes": [{"name": local, "match": {"kind": "prefix", "value": "/", "headers": []}, "route": route}],
+                 "virtual_clusters": [{"name": "healthcheck", "path": ingress["health_check"]}]}
         self.listeners.append({
             "kind": "http", "name": f"ingress_{service}", "address": self.net["listeners"]["ingress"]["address"],
             "port": ingress["port"], "direction": "INBOUND",

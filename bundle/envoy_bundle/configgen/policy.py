@@ -12,7 +12,7 @@ from .specs import BUILTIN_OVERRIDABLE, MANIFEST, MANIFEST_SECTIONS, STREAM_KNOB
 HTTP_TYPES = ("http", "http2")
 DATABASE_TYPES = ("mongo", "tcp")
 REDIRECT_CODES = (301, 302, 303, 307, 308)
-RESERVED_CLUSTERS = ("discovery", "zipkin")
+RESERVED_CLUSTERS = ("discovery", "zipkin", "envoy_admin")
 
 
 def dig(tree, path):
@@ -62,7 +62,7 @@ def check_catalogue(services, problems):
     for name, entry in services.items():
         path = ["services", name]
         if name in RESERVED_CLUSTERS or name.startswith("local_"):
-            where.fail(path, "is reserved for the formula's own clusters (discovery, zipkin, local_*)")
+            where.fail(path, "is reserved for the formula's own clusters (discovery, zipkin, envoy_admin, local_*)")
         hosts = entry.get("hosts")
         if entry["discovery"] == "eds":
             if hosts:
@@ -386,6 +386,8 @@ def check_ports(manifests, net, host, problems):
             claims.append((listeners["front"]["http_port"], pillar, ["listeners", "front", "http_port"]))
             if tls not in (None, INVALID) and tls["certificates"]:
                 claims.append((listeners["front"]["https_port"], pillar, ["listeners", "front", "https_port"]))
+        if listeners.get("stats"):
+            claims.append((listeners["stats"]["port"], pillar, ["listeners", "stats", "port"]))
     for manifest in manifests:
         where = Where.manifest(problems, manifest.path)
         ingress = manifest.data.get("ingress")

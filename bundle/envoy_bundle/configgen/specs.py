@@ -321,6 +321,12 @@ LISTENERS = Map({
         "https_port": Field(Port(), default=8443),
         "health_check": Field(URL_PATH, default="/healthcheck"),
     }), default={}),
+    # Prometheus scrapes this address and port; it serves only /stats/prometheus (from the admin
+    # API, which stays on 127.0.0.1) and answers 404 to everything else. Off unless set.
+    "stats": Field(Map({
+        "address": Field(IPv4(), default="0.0.0.0"),
+        "port": Field(Port(), required=True),
+    })),
     "max_downstream_connections": Field(count(), default=50000),
     "buffer_limit_bytes": Field(Int(1024, 16 * 1024 * 1024), default=32768),
 })
@@ -339,7 +345,7 @@ PILLAR_SECTIONS = {
     "observability": Field(OBSERVABILITY, default={}),
 }
 # The formula's own keys of pillar `envoy:` (not the generator's; never flagged as typos).
-FORMULA_KEYS = ("lookup", "bundle", "schedule", "restart", "discovery", "register", "registration")
+FORMULA_KEYS = ("lookup", "bundle", "schedule", "restart", "discovery", "register", "registration", "report")
 # Only the address Envoy reaches the discovery service at; the rest of `envoy:discovery` is the
 # discovery engineer's (registration, the service's own settings).
 DISCOVERY = Map({"address": Field(HostPort())})
