@@ -39,6 +39,11 @@ DEFAULTS = {
 }
 
 
+def mode_of(value):
+    """A mode as pillar gives it: YAML 1.1 reads a bare ``mode: off`` as false."""
+    return "off" if value is False else value
+
+
 def spiffe_id(trust_domain, identity):
     if identity == EDGE:
         return f"spiffe://{trust_domain}/{EDGE}"

@@ -242,3 +242,21 @@ def test_stream_knobs_replace_the_route_timeout_on_egress_and_ingress():
     ingress = route("ingress_foo", "local_foo")
     assert (ingress["timeout"], ingress["idle_timeout"]) == ("0.000s", "30.000s")
     assert ingress["max_stream_duration"]["max_stream_duration"] == "600.000s"
+
+
+def test_mesh_tls_off_as_bare_yaml_renders_exactly_like_no_mesh_tls():
+    manifests, pillar, host = golden_inputs("sidecar")
+    bare_off = {**pillar, **yaml.safe_load("mesh_tls: {mode: off}")}
+    assert bare_off["mesh_tls"]["mode"] is False  # YAML 1.1: a bare off is false
+    assert generate(manifests, bare_off, host) == generate(manifests, pillar, host)
+
+
+def test_pillar_example_with_mesh_tls_strict_is_accepted_by_envoy(envoy_bin, tmp_path):
+    pillar = load_yaml(REPO / "pillar.example")["envoy"]
+    pillar["roles"] = ["sidecar", "front"]
+    pillar["mesh_tls"]["mode"] = "strict"
+    host = {**HOST, "pki_dir": "/etc/envoy/pki"}
+    text = generate([("/etc/envoy/manifest.d/foo.yaml", MANIFEST)], pillar, host)
+    assert "spiffe://mesh.example.com/service/users-api" in text  # foo checks who answers
+    ok, output = envoy_validate(envoy_bin, text, tmp_path, log_dir=HOST["log_dir"], pki_dir=host["pki_dir"])
+    assert ok, output

@@ -199,12 +199,15 @@ class ModelBuilder:
                                   | {"retries": settings["connect_retries"], "retry_on": SAFE_RETRY_ON})
         vhost = {"name": local, "domains": ["*"],
                  "routes": [{"name": local, "match": {"kind": "prefix", "value": "/", "headers": []}, "route": route}]}
+        mesh = mesh_tls.ingress(self.mesh, service, self.services.get(service)) if self.mesh else None
+        if mesh:
+            vhost["rbac"] = mesh["rbac"]
         self.listeners.append({
             "kind": "http", "name": f"ingress_{service}", "address": self.net["listeners"]["ingress"]["address"],
             "port": ingress["port"], "direction": "INBOUND",
             "hcm": self.hcm(f"ingress_{service}", [vhost], edge=False,
                             health_check={"path": ingress["health_check"], "pass_through": True}),
-            "mesh": mesh_tls.ingress(self.mesh, service, self.services.get(service)) if self.mesh else None,
+            "mesh": mesh,
         })
 
     def add_database(self, manifest, database):

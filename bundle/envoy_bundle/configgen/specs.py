@@ -287,8 +287,15 @@ TLS = Map({
 # Mesh TLS between sidecars (docs/mesh-tls.md). The generator reads mode, trust_domain and
 # send_tls; the formula the CA and the certificates' lifetime (host_settings.MESH_TLS_DEFAULTS),
 # checked here too so that a typo anywhere in the section is reported.
+class Mode(Str):
+    """One of the mesh TLS modes; a bare ``mode: off`` in YAML (false) means off."""
+
+    def check(self, value, path, where):
+        return super().check(mesh_names.mode_of(value), path, where)
+
+
 MESH_TLS = Map({
-    "mode": Field(Str(choices=list(mesh_names.MODES)), default="off"),
+    "mode": Field(Mode(choices=list(mesh_names.MODES)), default="off"),
     "trust_domain": Field(Str(mesh_names.TRUST_DOMAIN.pattern, shape="a SPIFFE trust domain such as "
                               "mesh.example.com (lowercase letters, digits, '.', '-', '_'; no scheme)", max_len=255)),
     # Whether callers' Envoys speak mTLS to mesh services. Mode strict implies it; in permissive it
