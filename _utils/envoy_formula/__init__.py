@@ -10,7 +10,9 @@ too, for what the restarter shares with the formula (``restarter_status``, ``pri
 Data flow on a host: bundle_releases (fetch, verify, unpack, flip ``current``) -> config_render
 (manifests + pillar through the bundle's generator) -> config_validate (the bundle's envoy) ->
 config_file (atomic write, ``.prev``) -> lifecycle (start, hot or full restart, rollback) through
-supervisor (the restarter) -> discovery_registration (heartbeats).
+supervisor (the restarter) -> discovery_registration (heartbeats). Mesh TLS: mesh_identity (keys
+and certificates by Salt's x509 states, SDS files for Envoy), names shared with the bundle's
+generator in mesh_names.
 """
 
 import importlib
@@ -24,12 +26,12 @@ import sys
 # Listed, and so reloaded, dependencies first: a module that imports a name from another (the error
 # class) then binds the reloaded one.
 MODULES = (
-    "errors", "redaction", "atomic_files", "local_http", "processes", "privileges", "host_settings",
+    "errors", "redaction", "atomic_files", "local_http", "processes", "privileges", "mesh_names", "host_settings",
     "bundle_format", "bundle_archive", "bundle_sources", "bundle_releases",
     "config_render", "config_validate", "config_file", "config_files", "config_changes", "rejected_inputs",
     "admin_api", "restarter_status", "supervisor", "preflight", "lifecycle", "highstate_record", "status_report",
     "xds_acceptance", "xds_apply", "config_apply",
-    "discovery_registration", "discovery_daemon",
+    "discovery_registration", "discovery_daemon", "mesh_identity",
 )
 # Imported before this execution of the package: possibly older than the files on disk.
 _stale = [name for name in MODULES if f"{__name__}.{name}" in sys.modules]

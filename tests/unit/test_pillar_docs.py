@@ -24,6 +24,7 @@ def test_every_key_the_formula_reads_is_documented():
         *(f"envoy:restart:roles:{role}:{key}" for role, values in host_settings.RESTART_ROLE_DEFAULTS.items()
           for key in values),
         *keys("envoy:discovery", host_settings.DISCOVERY_DEFAULTS),
+        *keys("envoy:mesh_tls", host_settings.MESH_TLS_DEFAULTS),
         "envoy:bundle:source", "envoy:bundle:sha256", "envoy:bundle:keep",
         "envoy:tofs:path_prefix", "envoy:tofs:files_switch", "envoy:tofs:source_files",
     ]
