@@ -297,8 +297,10 @@ def mesh_ca_certificate(**kwargs):
 def mesh_certificates(**kwargs):
     """
     Each identity's certificate: expiry (ISO 8601 UTC), URI, serial and whether Envoy serves it,
-    the CA's expiry, and ``earliest_expiry`` of them all (``envoy.status`` shows the same). None
-    when mesh TLS is off.
+    the CA's expiry, and ``earliest_expiry`` of them all (``envoy.status`` shows the same). The
+    identities are pillar's and those Envoy's SDS files name (what the last highstate published,
+    even when this minion's in-memory pillar predates it). None when mesh TLS is off and no SDS
+    file is left.
 
     CLI Example:
 
@@ -323,7 +325,7 @@ def mesh_publish(**kwargs):
 
         salt-call envoy.mesh_publish
     """
-    host = _host(kwargs)
+    host = _host(kwargs, _next_highstate_pillar())  # the minion's in-memory pillar may predate the last highstate
     lib = _lib().mesh_identity
     written = lib.publish(host)
     return {"published": written, "problems": lib.confirm_served(host, written)}

@@ -216,24 +216,42 @@ def iso(moment):
     return moment.astimezone(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def published_identities(host):
+    """The identities whose SDS files are in ``<pki_dir>/sds``: what Envoy was last pointed at,
+    whatever the pillar in this minion's memory says (a minion daemon keeps the pillar it had
+    before the last highstate until ``saltutil.refresh_pillar``)."""
+    prefix = mesh_names.secret_name("")
+    try:
+        names = os.listdir(mesh_names.sds_dir(host["pki_dir"]))
+    except OSError:
+        return []
+    return sorted(name[len(prefix):-len(".yaml")] for name in names
+                  if name.startswith(prefix) and name.endswith(".yaml") and name != f"{mesh_names.CA_SECRET}.yaml"
+                  and IDENTITY_NAME.fullmatch(name[len(prefix):-len(".yaml")]))
+
+
 def certificates(host, admin_up=True):
     """``envoy.status``'s ``certificates``: each identity's expiry and URI, whether Envoy serves
-    the certificate on disk, the CA's expiry, and the earliest of them all (None when off)."""
-    if host["mesh_tls"]["mode"] == "off":
+    the certificate on disk, the CA's expiry, and the earliest of them all. The identities are
+    those pillar asks for and those Envoy's SDS files name; None when mesh TLS is off and no SDS
+    file is left."""
+    expected = {entry["identity"]: entry["uri"] for entry in identities(host)}
+    names = sorted(set(expected) | set(published_identities(host)))
+    if not names and host["mesh_tls"]["mode"] == "off":
         return None
     serving = served(host["admin_port"]) if admin_up else None
     out = {"earliest_expiry": None, "identities": {}, "ca": None,
            "renew_days_remaining": host["mesh_tls"]["renew_days_remaining"]}
     expiries = []
-    for entry in identities(host):
+    for identity in names:
         try:
-            facts = read_certificate(entry["certificate"])
+            facts = read_certificate(mesh_names.cert_file(host["pki_dir"], identity))
         except EnvoyFormulaError as exc:
-            out["identities"][entry["identity"]] = {"not_after": None, "uri": entry["uri"], "error": str(exc)}
+            out["identities"][identity] = {"not_after": None, "uri": expected.get(identity), "error": str(exc)}
             continue
         expiries.append(facts["not_after"])
         uri = facts["uris"][0] if facts["uris"] else None
-        out["identities"][entry["identity"]] = {
+        out["identities"][identity] = {
             "not_after": iso(facts["not_after"]), "uri": uri, "serial": f"{facts['serial']:x}",
             "served": None if serving is None or uri not in serving else serving[uri] == {facts["serial"]}}
     try:

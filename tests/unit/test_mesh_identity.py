@@ -115,6 +115,20 @@ def test_certificates_report_each_expiry_and_the_earliest(host, ca):
     assert out["identities"]["edge"]["not_after"] is None and "edge.crt" in out["identities"]["edge"]["error"]
 
 
+def test_certificates_cover_what_envoy_is_pointed_at_even_when_pillar_in_memory_says_off(host, ca):
+    """A minion daemon keeps the pillar it started with until refresh_pillar: after a highstate
+    turned mesh TLS on, envoy.status still reports the certificates its SDS files name."""
+    issue_all(host, ca)
+    mesh_identity.publish(host)
+    host["mesh_tls"]["mode"] = "off"
+    out = mesh_identity.certificates(host, admin_up=False)
+    assert set(out["identities"]) == {"edge", "bar", "foo"}
+    assert out["identities"]["bar"]["uri"] == "spiffe://mesh.test/service/bar"
+    for name in os.listdir(host["pki_dir"] + "/sds"):
+        os.unlink(host["pki_dir"] + "/sds/" + name)
+    assert mesh_identity.certificates(host, admin_up=False) is None
+
+
 def test_the_ca_comes_from_the_mine_and_must_be_a_ca(ca):
     assert mesh_identity.ca_from_mine({"ca1": ca.pem()}, "ca1") == ca.pem()
     with pytest.raises(EnvoyFormulaError, match="apply envoy.identity.ca on ca1 first"):
