@@ -11,74 +11,21 @@ epoch, with not one request failed through egress -> mTLS -> ingress meanwhile.
 """
 
 import os
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import requests
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from envoy_bundle.configgen import generate
-from envoy_bundle.configgen.inputs import read_manifest_dir
-from envoy_formula import host_settings, mesh_identity
+from envoy_formula import mesh_identity
 
-from tests.helpers.net import free_port, wait_for
-from tests.helpers.pki import TestCA
-
-URI = "spiffe://mesh.test/service/bar"
-
-
-class Sidecar:
-    def __init__(self, tmp_path, envoy_bin):
-        self.ports = {name: free_port() for name in ("ingress", "app", "egress", "admin")}
-        pillar = {"roles": ["sidecar"], "lookup": {"root": str(tmp_path), "admin_port": self.ports["admin"]},
-                  "listeners": {"egress": {"port": self.ports["egress"]}, "ingress": {"address": "127.0.0.1"}},
-                  "services": {"bar": {"hosts": [f"127.0.0.1:{self.ports['ingress']}"], "callers": ["bar"],
-                                       "health_check": False}},
-                  "mesh_tls": {"mode": "strict", "trust_domain": "mesh.test", "ca": {"minion": "ca1"}}}
-        self.host = host_settings.resolve(pillar, euid=1000)
-        for directory in (self.host["manifest_dir"], self.host["log_dir"], self.host["pki_dir"] + "/sds"):
-            os.makedirs(directory)
-        with open(f"{self.host['manifest_dir']}/bar.yaml", "w") as handle:
-            yaml.safe_dump({"service": "bar", "ingress": {"port": self.ports["ingress"], "app_port": self.ports["app"]},
-                            "upstreams": [{"service": "bar"}]}, handle)
-        self.ca = TestCA()
-        with open(self.host["pki_dir"] + "/mesh-ca.crt", "w") as handle:
-            handle.write(self.ca.pem())
-        self.key, self.serial = self.ca.write_identity(self.host["pki_dir"], "bar", URI)
-        assert set(mesh_identity.publish(self.host)) == {"mesh_ca", "mesh_bar"}
-        facts = {"node_id": "sds-test", "admin_port": self.ports["admin"], "log_dir": self.host["log_dir"],
-                 "pki_dir": self.host["pki_dir"]}
-        config = tmp_path / "envoy.yaml"
-        config.write_text(generate(read_manifest_dir(self.host["manifest_dir"]), pillar, facts))
-        self.procs = [
-            subprocess.Popen([sys.executable, "-m", "tests.helpers.app", "--port", str(self.ports["app"]),
-                              "--name", "bar"]),
-            subprocess.Popen([envoy_bin, "-c", str(config), "--use-dynamic-base-id", "--concurrency", "1",
-                              "--log-level", "warn"], stdout=subprocess.DEVNULL,
-                             stderr=open(tmp_path / "envoy.log", "w")),  # noqa: SIM115 - closed with the process
-        ]
-        wait_for(lambda: self.get("/ready-check").status_code == 200, timeout=30, what="egress -> mTLS -> bar")
-
-    def get(self, path, session=requests):
-        return session.get(f"http://127.0.0.1:{self.ports['egress']}{path}", headers={"Host": "bar"}, timeout=5)
-
-    def admin(self, path):
-        return requests.get(f"http://127.0.0.1:{self.ports['admin']}{path}", timeout=5).json()
-
-    def close(self):
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            proc.wait(timeout=30)
+from tests.helpers.sidecar_tls import URI, LocalSidecar
 
 
 @pytest.fixture
 def sidecar(tmp_path, envoy_bin):
-    running = Sidecar(tmp_path, envoy_bin)
+    running = LocalSidecar(tmp_path, envoy_bin, mode="strict")
     yield running
     running.close()
 
@@ -134,8 +81,7 @@ def test_a_published_certificate_is_served_without_a_restart_and_no_request_fail
         load.stop()
     assert load.sent > 100 and load.failed == [], (load.sent, load.failed[:5])
     assert sidecar.admin("/server_info")["command_line_options"]["restart_epoch"] == epoch
-    stats = {s["name"]: s.get("value") for s in sidecar.admin("/stats?format=json&filter=^sds\\.mesh_bar\\.")["stats"]
-             if "name" in s}
+    stats = sidecar.stats("^sds\\.mesh_bar\\.")
     assert stats["sds.mesh_bar.key_rotation_failed"] == 0
 
 
