@@ -10,11 +10,12 @@ presents the host's identity and checks the callee's URI SAN, the ingress requir
 certificate of the mesh CA and checks the allow list with the RBAC filter). Keys are EC P-256 as
 the formula's x509 states make them; the SDS files are the formula's own (``mesh_identity.publish``).
 
-Load: open loop at a fixed rate (tests/helpers/openloop.py: each request is due at its time
-whatever happened before, and its latency counts from that due time), keep-alive connections as
-Envoy's pools keep them (handshakes happen once per connection, not per request). The two
-sidecars are measured in alternating rounds after a warm-up of each, so drift on this shared
-2-core machine falls on both; p50 and p99 over all rounds. The difference (mTLS - plaintext) is
+Load: open loop at a fixed rate per sidecar (tests/helpers/openloop.py: each request is due at its
+time whatever happened before, and its latency counts from that due time), keep-alive connections
+as Envoy's pools keep them (handshakes happen once per connection, not per request). One load
+generator sends to both sidecars, request by request in turn (which goes first swapped every
+round), after a warm-up: whatever else this shared 2-core machine does at a moment falls on both
+alike. p50 and p99 over all rounds. The difference (mTLS - plaintext) is
 what one mTLS hop adds, counting both of its ends (the caller's encryption and the callee's
 decryption, verification and RBAC). Both sidecars run the whole time; only one is under load.
 
@@ -38,19 +39,21 @@ from tests.helpers.sidecar_tls import LocalSidecar
 
 RATE = 200
 SECONDS = 10
-ROUNDS = 3
+ROUNDS = 4
 WARMUP_S = 3
 GOAL_MS = 0.2
 REPO = Path(__file__).resolve().parents[1]
 
 
-def open_loop(sidecar, workdir, name, seconds, rate=RATE):
-    """One open-loop run into ``sidecar``'s egress; returns openloop's result."""
+def open_loop(sidecars, workdir, name, seconds, rate):
+    """One open-loop run at ``rate`` req/s per sidecar, its requests taking the sidecars in turn;
+    returns openloop's result (each record names its target by index)."""
     out = Path(workdir) / f"{name}.json"
-    subprocess.run([sys.executable, "-m", "tests.helpers.openloop", "--url", f"{sidecar.egress_url}/bench",
-                    "--header", "Host: bar", "--rate", str(rate), "--duration", str(seconds),
-                    "--connections", "16", "--timeout", "5", "--out", str(out)],
-                   check=True, cwd=REPO, timeout=seconds + 60)
+    argv = [sys.executable, "-m", "tests.helpers.openloop", "--header", "Host: bar", "--rate", str(rate * len(sidecars)),
+            "--duration", str(seconds), "--connections", "16", "--timeout", "5", "--out", str(out)]
+    for sidecar in sidecars:
+        argv += ["--url", f"{sidecar.egress_url}/bench"]
+    subprocess.run(argv, check=True, cwd=REPO, timeout=seconds + 60)
     return json.loads(out.read_text())
 
 
@@ -62,23 +65,27 @@ def cpu_seconds(pid):
 
 
 def measure(sidecars, workdir, rate=RATE, seconds=SECONDS, rounds=ROUNDS, warmup_s=WARMUP_S):
-    """{name: {n, failed, p50_ms, p99_ms, cpu_us_per_request}} over alternating rounds."""
-    for name, sidecar in sidecars.items():
-        open_loop(sidecar, workdir, f"warmup-{name}", warmup_s, rate)
+    """{name: {n, failed, p50_ms, p99_ms, cpu_us_per_request}}. Every round sends to both
+    sidecars, request by request in turn (the order swapped each round), so whatever else the
+    machine does at any moment falls on both alike."""
+    open_loop(list(sidecars.values()), workdir, "warmup", warmup_s, rate)
     latencies = {name: [] for name in sidecars}
     failed = dict.fromkeys(sidecars, 0)
     cpu = dict.fromkeys(sidecars, 0.0)
     sent = dict.fromkeys(sidecars, 0)
     for index in range(rounds):
         order = list(sidecars) if index % 2 == 0 else list(reversed(sidecars))
+        before = {name: cpu_seconds(sidecars[name].envoy_pid) for name in order}
+        result = open_loop([sidecars[name] for name in order], workdir, f"round-{index}", seconds, rate)
         for name in order:
-            pid = sidecars[name].envoy_pid
-            before = cpu_seconds(pid)
-            result = open_loop(sidecars[name], workdir, f"{name}-{index}", seconds, rate)
-            cpu[name] += cpu_seconds(pid) - before
-            sent[name] += result["sent"]
-            latencies[name] += [r["latency_ms"] for r in result["records"] if r["status"] == 200]
-            failed[name] += result["failed"]
+            cpu[name] += cpu_seconds(sidecars[name].envoy_pid) - before[name]
+        for record in result["records"]:
+            name = order[record["target"]]
+            sent[name] += 1
+            if record["status"] == 200:
+                latencies[name].append(record["latency_ms"])
+            else:
+                failed[name] += 1
     out = {}
     for name, values in latencies.items():
         values.sort()
@@ -90,7 +97,7 @@ def measure(sidecars, workdir, rate=RATE, seconds=SECONDS, rounds=ROUNDS, warmup
 
 def rows_of(out, rate, seconds):
     plain, mtls = out["plaintext"], out["mtls"]
-    note = (f"open loop {rate} req/s, {seconds} s per sidecar in alternating rounds; client -> egress -> ingress "
+    note = (f"open loop {rate} req/s to each sidecar, requests to the two interleaved, {seconds} s; client -> egress -> ingress "
             f"-> app, one Envoy --concurrency 1; failed: plaintext {plain['failed']}, mTLS {mtls['failed']}; "
             f"{out['handshakes']} TLS handshakes on the mTLS hop; load average {out['load']}")
     rows = []
