@@ -29,7 +29,9 @@ URI = f"spiffe://{TRUST_DOMAIN}/service/bar"
 
 
 class LocalSidecar:
-    def __init__(self, workdir, envoy_bin, mode="strict", send_tls=None):
+    def __init__(self, workdir, envoy_bin, mode="strict", send_tls=None, presents=URI):
+        """``presents``: the URI SAN of the certificate this host holds for bar (another one makes
+        a host that answers in bar's name without being bar: its own egress then refuses it)."""
         workdir = Path(workdir)
         self.mode = mode
         self.ports = {name: free_port() for name in ("ingress", "app", "egress", "admin")}
@@ -54,7 +56,7 @@ class LocalSidecar:
             self.ca = TestCA()
             with open(self.host["pki_dir"] + "/mesh-ca.crt", "w") as handle:
                 handle.write(self.ca.pem())
-            self.key, self.serial = self.ca.write_identity(self.host["pki_dir"], "bar", URI)
+            self.key, self.serial = self.ca.write_identity(self.host["pki_dir"], "bar", presents)
             published = set(mesh_identity.publish(self.host))
             assert published == {"mesh_ca", "mesh_bar"}, published
         facts = {"node_id": f"sidecar-{mode}", "admin_port": self.ports["admin"], "log_dir": self.host["log_dir"]}
@@ -71,7 +73,10 @@ class LocalSidecar:
                 self.procs.append(subprocess.Popen(
                     [envoy_bin, "-c", str(self.config), "--use-dynamic-base-id", "--concurrency", "1",
                      "--log-level", "warn"], stdout=subprocess.DEVNULL, stderr=log))
-            wait_for(lambda: self._ready(), timeout=30, what=f"egress -> ingress ({mode}) -> bar")
+            if presents == URI:
+                wait_for(self._ready, timeout=30, what=f"egress -> ingress ({mode}) -> bar")
+            else:
+                wait_for(self._live, timeout=30, what="Envoy LIVE")
         except BaseException:
             self.close()
             raise
@@ -79,6 +84,12 @@ class LocalSidecar:
     def _ready(self):
         try:
             return self.get("/ready-check").status_code == 200
+        except requests.RequestException:
+            return False
+
+    def _live(self):
+        try:
+            return requests.get(f"http://127.0.0.1:{self.ports['admin']}/ready", timeout=2).status_code == 200
         except requests.RequestException:
             return False
 

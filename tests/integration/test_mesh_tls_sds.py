@@ -54,6 +54,20 @@ class Load(threading.Thread):
         self.join(timeout=30)
 
 
+def test_a_callee_holding_another_identity_is_refused_by_the_caller(tmp_path, envoy_bin):
+    """The host behind bar's address presents a mesh certificate for foo: the caller's Envoy
+    checks the URI SAN of the service it meant to reach and refuses the connection."""
+    impostor = LocalSidecar(tmp_path, envoy_bin, mode="strict", presents="spiffe://mesh.test/service/foo")
+    try:
+        response = impostor.get("/who-answers")
+        assert response.status_code == 503, (response.status_code, response.text)
+        stats = impostor.stats("^cluster\\.bar\\.ssl\\.")
+        assert stats["cluster.bar.ssl.fail_verify_san"] > 0, stats
+        assert not stats.get("cluster.bar.ssl.handshake"), stats
+    finally:
+        impostor.close()
+
+
 def test_strict_ingress_refuses_plaintext(sidecar):
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{sidecar.ports['ingress']}/", timeout=5)
