@@ -71,8 +71,10 @@ def test_a_host_without_a_mesh_certificate_is_refused(strict):
     mesh = strict
     url = mesh.ingress_url("bar1", "/anything")
     # Plaintext HTTP: the strict ingress only speaks TLS.
+    no_chain_before = mesh.stat("bar1", f"listener.0.0.0.0_{INGRESS['bar1']}.no_filter_chain_match")
     code, status, _ = mesh.curl(LAB, url.replace("https://", "http://"))
     assert status == 0 and code != 0, (code, status)
+    assert mesh.stat("bar1", f"listener.0.0.0.0_{INGRESS['bar1']}.no_filter_chain_match") == no_chain_before + 1
     # TLS without a client certificate.
     no_cert_before = mesh.stat("bar1", f"listener.0.0.0.0_{INGRESS['bar1']}.ssl.fail_verify_no_cert")
     code, status, _ = mesh.curl(LAB, url, "-k")
