@@ -356,6 +356,11 @@ def mesh_secrets_published(name):
     ret = _ret(name)
     lib = _lib()
     host = _host()
+    absent = lib.mesh_identity.missing(host)
+    if absent and __opts__["test"]:  # the x509 states only said they would write them
+        ret["changes"] = {"published": "the SDS files of the keys and certificates the x509 states would write"}
+        ret.update(result=None, comment="would publish once these exist: " + ", ".join(absent))
+        return ret
     changed = lib.mesh_identity.stale(host)
     if not changed:
         ret["comment"] = "Envoy's SDS files name the keys and certificates on disk"

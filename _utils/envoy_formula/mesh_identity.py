@@ -123,6 +123,15 @@ def documents(host):
     return out
 
 
+def missing(host):
+    """The CA, key and certificate files the SDS files would name that are not on disk yet (on a
+    new host under ``test=True``, Salt's x509 states have only said they would write them)."""
+    paths = [mesh_names.ca_file(host["pki_dir"])]
+    for entry in identities(host):
+        paths += [entry["key"], entry["certificate"]]
+    return [path for path in paths if not os.path.exists(path)]
+
+
 def stale(host):
     """{secret: version} whose SDS file differs from what the files on disk call for."""
     return {secret: version for path, (secret, version, text) in documents(host).items()

@@ -3,9 +3,10 @@ Mesh TLS managed by Salt on the lab (issue 14, docs/mesh-tls.md): the ``discover
 mesh CA (``envoy.identity.ca``); every host gets a key and a certificate per identity from
 Salt's x509 states, signed by the CA minion through the master; Envoy reads them through SDS files.
 
-The mesh starts with mesh TLS off, and the tests run in file order on it: the migration to strict
-under load first, then what strict guarantees (who gets in, allow lists), then a certificate that
-is about to expire, renewed by the host's own scheduled highstate under load. Load comes from the
+The mesh starts with mesh TLS off, and the tests run in file order on it: a dry run of switching
+it on, the migration to strict under load, then what strict guarantees (who gets in, allow
+lists), then a certificate that is about to expire, renewed by the host's own scheduled
+highstate under load. Load comes from the
 lab network into the edge (edge -> foo -> bar), so a request failing on any hop is counted.
 Needs root (the lab).
 """
@@ -47,6 +48,26 @@ def strict(mesh):
         mesh.converge_hosts()
     mesh.wait_path_ready()
     return mesh
+
+
+def test_a_dry_run_of_switching_mesh_tls_on_predicts_the_change_and_writes_nothing(mesh):
+    """``state.highstate test=True`` with mode permissive in pillar on a host that has no key
+    yet: the x509 states, the SDS files and the config say they would change; nothing fails."""
+    mesh.wait_path_ready()
+    mesh.set_mesh_tls(mode="permissive")
+    try:
+        data = mesh.salt("bar1", "state.highstate", "test=True", "queue=True")["bar1"]
+    finally:
+        mesh.set_mesh_tls(mode="off")
+    states = {s.get("__id__", key): s for key, s in data.items()}
+    failed = {sid: s.get("comment") for sid, s in states.items() if s.get("result") is False}
+    assert not failed, failed
+    for sid in ("envoy-identity-bar-key-managed", "envoy-identity-bar-certificate-managed",
+                "envoy-identity-secrets-published", "envoy-config-file-managed"):
+        assert states[sid]["result"] is None, (sid, states[sid])
+    assert "would" in states["envoy-config-file-managed"]["comment"]
+    assert not mesh.lab.path("bar1", "/etc/envoy/pki/bar.key").exists()
+    assert mesh.certs("bar1") == {}
 
 
 def test_migration_from_plaintext_to_strict_under_load_fails_nothing(mesh):

@@ -396,3 +396,19 @@ def test_mesh_ca_published_sends_to_the_mine_only_when_its_copy_differs(salt_mod
     ret = envoy_state.mesh_ca_published(path)
     assert ret["result"] is True and ret["changes"] == {}
     salt_mods["mine.send"].assert_not_called()
+
+
+def test_mesh_secrets_published_on_a_new_host_under_test_predicts_instead_of_failing(salt_mods, opts, mesh_host):
+    """test=True before the first run: the x509 states only predicted the key and certificate."""
+    with open(mesh_host["manifest_dir"] + "/bar.yaml", "w") as handle:
+        handle.write("service: bar\ningress: {port: 9211, app_port: 8081}\n")
+    salt_mods["envoy.settings"] = MagicMock(return_value=mesh_host)
+    sds = mesh_host["pki_dir"] + "/sds"
+    opts["test"] = True
+    ret = envoy_state.mesh_secrets_published(sds)
+    assert ret["result"] is None and ret["changes"], ret
+    assert "bar.key" in ret["comment"] and "mesh-ca.crt" in ret["comment"]
+    opts["test"] = False  # for real, the requisites ran the x509 states first: a missing key is an error
+    ret = envoy_state.mesh_secrets_published(sds)
+    assert ret["result"] is False and ret["changes"] == {} and "x509 states must write it first" in ret["comment"]
+    assert os.listdir(sds) == []
