@@ -1,6 +1,6 @@
 {#- Undo the formula on this host, in the reverse order of envoy: stop the scheduled highstate, leave
-    discovery (so traffic drains away), drain and stop Envoy, then remove its mesh TLS keys and
-    certificates, the config and the bundles.
+    discovery (so traffic drains away), drain and stop Envoy, then remove the config, its mesh TLS
+    keys and certificates, and the bundles.
     The services' manifests, Envoy's logs and the envoy user stay: they belong to the service teams
     and the operators. Take `envoy` out of this host's top file first, or the next highstate puts it
     back. #}
@@ -10,6 +10,6 @@ include:
   - {{ tplroot }}.schedule.clean
   - {{ tplroot }}.discovery.clean
   - {{ tplroot }}.service.clean
-  - {{ tplroot }}.identity.clean
   - {{ tplroot }}.config.clean
+  - {{ tplroot }}.identity.clean
   - {{ tplroot }}.bundle.clean
