@@ -258,6 +258,79 @@ def rollback_config(**kwargs):
     return _lib().config_file.rollback(_host(kwargs)["config_file"])
 
 
+# --- mesh TLS ----------------------------------------------------------------------------------
+
+
+@_salt_errors
+def mesh_identities(**kwargs):
+    """
+    The mesh identities this host holds (pillar ``envoy:mesh_tls``, docs/mesh-tls.md): ``edge``
+    with the front role and each service of its manifests, with their SPIFFE id, key, certificate
+    and SDS file, and the signing policy their certificates are requested under. Empty when mesh
+    TLS is off. The ``envoy.identity`` SLS issues one key and certificate per entry.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.mesh_identities
+    """
+    return _lib().mesh_identity.identities(_host(kwargs))
+
+
+@_salt_errors
+def mesh_ca_certificate(**kwargs):
+    """
+    On the CA minion: the mesh CA's certificate (PEM), what ``envoy.identity.ca`` publishes in the
+    Salt mine as ``envoy_mesh_ca`` for every host to trust.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.mesh_ca_certificate
+    """
+    return _lib().mesh_identity.ca_certificate(_host(kwargs))
+
+
+@_salt_errors
+def mesh_certificates(**kwargs):
+    """
+    Each identity's certificate: expiry (ISO 8601 UTC), URI, serial and whether Envoy serves it,
+    the CA's expiry, and ``earliest_expiry`` of them all (``envoy.status`` shows the same). The
+    identities are pillar's and those Envoy's SDS files name (what the last highstate published,
+    even when this minion's in-memory pillar predates it). None when mesh TLS is off and no SDS
+    file is left.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.mesh_certificates
+    """
+    host = _host(kwargs)
+    return _lib().mesh_identity.certificates(host)
+
+
+@_salt_errors
+def mesh_publish(**kwargs):
+    """
+    Point Envoy at the keys and certificates on disk now (what ``envoy.mesh_secrets_published``
+    does after the x509 states): rename the changed SDS files into ``<pki_dir>/sds``, then wait
+    until Envoy serves each new certificate. Returns the secrets published and any problem.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.mesh_publish
+    """
+    host = _host(kwargs, _next_highstate_pillar())  # the minion's in-memory pillar may predate the last highstate
+    lib = _lib().mesh_identity
+    written = lib.publish(host)
+    return {"published": written, "problems": lib.confirm_served(host, written)}
+
+
 # --- the running Envoy -----------------------------------------------------------------------
 
 

@@ -1,7 +1,9 @@
 """
 States for Envoy: ``envoy.bundle_installed``, ``envoy.config_managed``, ``envoy.running`` (with
 ``mod_watch``), ``envoy.dead``, and for discovery ``envoy.registered``, ``envoy.deregistered``,
-``envoy.discovery_server_running``, ``envoy.discovery_server_dead``.
+``envoy.discovery_server_running``, ``envoy.discovery_server_dead``, and for mesh TLS
+``envoy.mesh_ca_trusted``, ``envoy.mesh_secrets_published``, ``envoy.mesh_ca_published`` (beside
+Salt's own ``x509`` states, which make the keys and get the certificates signed).
 
 A thin front end over the execution module and the formula's library: every state builds ``ret``,
 fills ``changes`` before the test check, returns ``result: None`` under ``test=True``, is
@@ -293,6 +295,120 @@ def dead(name, drain=True):
     ret["changes"]["orphans_stopped"] = out.get("orphans_stopped") or []
     steps = [step for step in out.get("steps", []) if step != "stopped"]
     ret["comment"] = "envoy stopped" + (f" after draining: {', '.join(steps)}" if steps else "")
+    return ret
+
+
+# --- mesh TLS --------------------------------------------------------------------------------------
+
+
+@_failures_as_result
+def mesh_ca_trusted(name):
+    """
+    The mesh CA certificate at ``name`` (``<pki_dir>/mesh-ca.crt``) is the one the CA minion
+    (pillar ``envoy:mesh_tls:ca:minion``) publishes in the Salt mine, written atomically (0644).
+    Envoy trusts it once ``envoy.mesh_secrets_published`` has run.
+
+    .. code-block:: yaml
+
+        envoy-identity-ca-trusted:
+          envoy.mesh_ca_trusted:
+            - name: /etc/envoy/pki/mesh-ca.crt
+    """
+    ret = _ret(name)
+    lib = _lib()
+    ca_minion = _host()["mesh_tls"]["ca"]["minion"]
+    pem = lib.mesh_identity.ca_from_mine(__salt__["mine.get"](ca_minion, lib.mesh_identity.MINE_FUNCTION), ca_minion)
+    new = lib.mesh_identity.certificate_words(lib.mesh_identity.read_certificate_text(pem))
+    current = lib.atomic_files.read_text(name)
+    if current == pem:
+        ret["comment"] = f"the mesh CA of {ca_minion} is trusted ({new})"
+        return ret
+    old = None
+    if current is not None:
+        try:
+            old = lib.mesh_identity.certificate_words(lib.mesh_identity.read_certificate_text(current))
+        except ValueError:
+            old = "not a certificate"
+    ret["changes"] = {"old": old, "new": f"{new}, from {ca_minion}"}
+    if __opts__["test"]:
+        ret.update(result=None, comment=f"the mesh CA of {ca_minion} would be trusted ({new})")
+        return ret
+    lib.atomic_files.write(name, pem, mode=0o644)
+    ret["comment"] = f"the mesh CA of {ca_minion} is trusted ({new})"
+    return ret
+
+
+@_failures_as_result
+def mesh_secrets_published(name):
+    """
+    Envoy reads this host's keys, certificates and the mesh CA through SDS files in ``name``
+    (``<pki_dir>/sds``), the only directory it watches. Each file's version is a digest of the
+    certificate it names: after the x509 states renewed one, its file is renamed into place, and
+    Envoy re-reads the pair without a restart. Then, where Envoy already presents that identity,
+    the state waits until ``/certs`` shows the new serial, and fails if it does not.
+
+    .. code-block:: yaml
+
+        envoy-identity-secrets-published:
+          envoy.mesh_secrets_published:
+            - name: /etc/envoy/pki/sds
+    """
+    ret = _ret(name)
+    lib = _lib()
+    host = _host()
+    absent = lib.mesh_identity.missing(host)
+    if absent and __opts__["test"]:  # the x509 states only said they would write them
+        ret["changes"] = {"published": "the SDS files of the keys and certificates the x509 states would write"}
+        ret.update(result=None, comment="would publish once these exist: " + ", ".join(absent))
+        return ret
+    changed = lib.mesh_identity.stale(host)
+    if not changed:
+        ret["comment"] = "Envoy's SDS files name the keys and certificates on disk"
+        return ret
+    ret["changes"] = {"published": changed}
+    names = ", ".join(sorted(changed))
+    if __opts__["test"]:
+        ret.update(result=None, comment=f"would publish {names}: Envoy re-reads them without a restart")
+        return ret
+    written = lib.mesh_identity.publish(host)
+    ret["changes"] = {"published": written}
+    problems = lib.mesh_identity.confirm_served(host, written)
+    if problems:
+        ret.update(result=False, comment=f"published {names}, but " + "; ".join(problems))
+    else:
+        ret["comment"] = f"published {names}: Envoy re-reads them without a restart"
+    return ret
+
+
+@_failures_as_result
+def mesh_ca_published(name):
+    """
+    On the CA minion: its certificate (``name``) is in the Salt mine as ``envoy_mesh_ca``, where
+    every host's ``envoy.mesh_ca_trusted`` takes it from. Sent again whenever the mine's copy
+    differs (a new CA, or a master whose mine was flushed).
+
+    .. code-block:: yaml
+
+        envoy-identity-ca-published:
+          envoy.mesh_ca_published:
+            - name: /etc/envoy/pki/ca/mesh-ca.crt
+    """
+    ret = _ret(name)
+    lib = _lib()
+    pem = lib.mesh_identity.ca_certificate(_host())
+    me = __grains__["id"]
+    function = lib.mesh_identity.MINE_FUNCTION
+    if (__salt__["mine.get"](me, function) or {}).get(me) == pem:
+        ret["comment"] = f"the mesh CA certificate is in the mine as {function}"
+        return ret
+    ret["changes"] = {"mine": function}
+    if __opts__["test"]:
+        ret.update(result=None, comment=f"the mesh CA certificate would be sent to the mine as {function}")
+        return ret
+    if not __salt__["mine.send"](function, mine_function="envoy.mesh_ca_certificate"):
+        ret.update(result=False, changes={}, comment=f"mine.send {function} failed: is the master reachable?")
+        return ret
+    ret["comment"] = f"sent the mesh CA certificate to the mine as {function}"
     return ret
 
 

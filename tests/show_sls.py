@@ -15,8 +15,11 @@ import yaml
 
 from tests.helpers.sandbox import REPO, SandboxHost
 
-SLS = ("envoy", "envoy._mapdata", "envoy.clean",
-       *(f"envoy.{component}.clean" for component in ("schedule", "discovery", "service", "config", "bundle")))
+SLS = ("envoy", "envoy._mapdata", "envoy.clean", "envoy.identity.ca",
+       *(f"envoy.{component}.clean" for component in ("schedule", "discovery", "service", "identity", "config",
+                                                      "bundle")))
+# pillar.example once more with mesh TLS on, so the identity states render too.
+MESH_TLS_ON = {"mode": "strict", "roles": ["sidecar", "front"]}
 
 
 def show_sls(host, sls):
@@ -33,6 +36,10 @@ def cases(base):
         yield f"pillar/ as {minion}", SandboxHost(base / minion, minion_id=minion, pillar_tree=tree)
     example = yaml.safe_load((REPO / "pillar.example").read_text())
     yield "pillar.example", SandboxHost(base / "example", minion_id="example", pillar=example)
+    example["envoy"]["mesh_tls"]["mode"] = MESH_TLS_ON["mode"]
+    example["envoy"]["roles"] = MESH_TLS_ON["roles"]
+    yield "pillar.example, mesh TLS strict", SandboxHost(base / "example-mtls", minion_id="example-mtls",
+                                                         pillar=example)
 
 
 def main():

@@ -11,8 +11,10 @@ Data flow on a host: bundle_releases (fetch, verify, unpack, flip ``current``) -
 (manifests + pillar through the bundle's generator) -> config_validate (the bundle's envoy) ->
 config_file (atomic write, ``.prev``) -> lifecycle (start, hot or full restart, rollback) through
 supervisor (the restarter) -> discovery_registration (heartbeats) -> report_summary (what the
-host publishes to the mine). On the master, the runner reads the mine through fleet_report,
-burndown, report_html, dashboards and prometheus_config.
+host publishes to the mine). Mesh TLS: mesh_identity (keys and certificates by Salt's x509
+states, SDS files for Envoy), names shared with the bundle's generator in mesh_names. On the
+master, the runner reads the mine through fleet_report, burndown, report_html, dashboards and
+prometheus_config.
 """
 
 import importlib
@@ -26,12 +28,12 @@ import sys
 # Listed, and so reloaded, dependencies first: a module that imports a name from another (the error
 # class) then binds the reloaded one.
 MODULES = (
-    "errors", "redaction", "atomic_files", "local_http", "processes", "privileges", "host_settings",
+    "errors", "redaction", "atomic_files", "local_http", "processes", "privileges", "mesh_names", "host_settings",
     "bundle_format", "bundle_archive", "bundle_sources", "bundle_releases",
     "config_render", "config_validate", "config_file", "config_files", "config_changes", "rejected_inputs",
     "admin_api", "restarter_status", "supervisor", "preflight", "lifecycle", "highstate_record", "status_report",
     "xds_acceptance", "xds_apply", "config_apply",
-    "discovery_registration", "discovery_daemon",
+    "discovery_registration", "discovery_daemon", "mesh_identity",
     "config_drift", "traffic_sample", "report_summary",
     "fleet_report", "burndown", "report_html", "dashboards", "prometheus_config",
 )

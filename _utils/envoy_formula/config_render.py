@@ -42,6 +42,8 @@ def host_facts(host, node_id, mode=None):
              "admin_port": int(host["admin_port"]), "log_dir": host["log_dir"]}
     if mode:  # only a generator that renders modes knows these facts
         facts.update(config_mode=mode, config_dir=host["config_dir"])
+    if host.get("mesh_tls", {}).get("mode", "off") != "off":  # nor, before mesh TLS, this one
+        facts["pki_dir"] = host["pki_dir"]
     return facts
 
 

@@ -4,7 +4,8 @@ gets its dict from ``envoy.settings``, and every execution and state function re
 dict, so an SLS file never repeats a key list and the two sides cannot disagree.
 
 Later sources win: the defaults below, pillar (``envoy:lookup`` for the host itself; ``envoy:roles``,
-``envoy:restart``, ``envoy:schedule``, ``envoy:discovery``, ``envoy:report``, ``envoy:bundle`` for the rest), then
+``envoy:restart``, ``envoy:schedule``, ``envoy:discovery``, ``envoy:report``, ``envoy:bundle``,
+``envoy:mesh_tls`` for the rest), then
 keyword overrides of ``lookup`` keys. ``root`` prefixes every path once, so a whole host can live
 in a sandbox directory without privileges (the demo and the tests); it is empty on real hosts.
 """
@@ -12,6 +13,7 @@ in a sandbox directory without privileges (the demo and the tests); it is empty 
 import copy
 import os
 
+from . import mesh_names
 from .errors import EnvoyFormulaError
 
 LOOKUP_DEFAULTS = {
@@ -32,8 +34,10 @@ LOOKUP_DEFAULTS = {
     # restart; static: one envoy.yaml, every change a hot restart; auto: files for a new install,
     # static for a host that already runs a static config (change it here to switch).
     "config_mode": "auto",
+    # Mesh TLS: keys, certificates and the SDS files Envoy reads them through (mesh_names).
+    "pki_dir": "/etc/envoy/pki",
 }
-PATH_KEYS = ("install_dir", "config_dir", "manifest_dir", "log_dir", "run_dir")
+PATH_KEYS = ("install_dir", "config_dir", "manifest_dir", "log_dir", "run_dir", "pki_dir")
 INT_KEYS = ("base_id", "admin_port", "keep_releases")
 
 SCHEDULE_DEFAULTS = {
@@ -203,6 +207,34 @@ def _report(pillar, schedule_method):
     return merged
 
 
+MESH_TLS_DEFAULTS = mesh_names.DEFAULTS
+
+
+def _mesh_tls(pillar):
+    """``envoy:mesh_tls`` over its defaults, checked for what the formula itself needs (the config
+    generator checks the whole section again, with every other problem of the pillar)."""
+    merged = _merge(MESH_TLS_DEFAULTS, _section(pillar, "mesh_tls"))
+    mode = merged["mode"] = mesh_names.mode_of(merged["mode"])
+    if mode not in mesh_names.MODES:
+        raise EnvoyFormulaError(f"pillar envoy:mesh_tls:mode={mode!r}: expected " + ", ".join(mesh_names.MODES))
+    for key in ("days_valid", "renew_days_remaining"):
+        if isinstance(merged[key], bool) or not isinstance(merged[key], int) or merged[key] < 0:
+            raise EnvoyFormulaError(f"pillar envoy:mesh_tls:{key}={merged[key]!r}: expected a whole number of days")
+    if mode == "off":
+        return merged
+    trust_domain = merged["trust_domain"]
+    if not isinstance(trust_domain, str) or not mesh_names.TRUST_DOMAIN.fullmatch(trust_domain):
+        raise EnvoyFormulaError(f"pillar envoy:mesh_tls:trust_domain={trust_domain!r}: mode {mode} needs a SPIFFE "
+                                "trust domain such as mesh.example.com")
+    if not merged["ca"]["minion"]:
+        raise EnvoyFormulaError(f"pillar envoy:mesh_tls:ca:minion is not set: mode {mode} needs the minion whose "
+                                "mesh CA signs the certificates (docs/mesh-tls.md)")
+    if merged["renew_days_remaining"] >= merged["days_valid"]:
+        raise EnvoyFormulaError(f"pillar envoy:mesh_tls:renew_days_remaining={merged['renew_days_remaining']} must "
+                                f"be below days_valid={merged['days_valid']}, else every highstate renews")
+    return merged
+
+
 def _bundle(pillar, keep_releases):
     bundle = _section(pillar, "bundle")
     return {"source": bundle.get("source"), "sha256": bundle.get("sha256"),
@@ -246,4 +278,5 @@ def resolve(pillar, lookup=None, grains=None, euid=None, overrides=None):
     host["discovery"] = _discovery(pillar, root, host["schedule"]["method"])
     host["report"] = _report(pillar, host["schedule"]["method"])
     host["bundle"] = _bundle(pillar, host["keep_releases"])
+    host["mesh_tls"] = _mesh_tls(pillar)
     return host

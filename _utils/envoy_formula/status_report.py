@@ -4,6 +4,8 @@ files on disk and the last scheduled highstate. The first key, ``summary``, is o
 operator scans across ``salt '*' envoy.status``; times are ISO 8601 UTC.
 """
 
+import datetime
+
 import yaml
 
 from . import (
@@ -12,10 +14,12 @@ from . import (
     config_files,
     highstate_record,
     lifecycle,
+    mesh_identity,
     restarter_status,
     supervisor,
     xds_acceptance,
 )
+from .errors import EnvoyFormulaError
 
 iso = restarter_status.iso
 
@@ -85,6 +89,37 @@ def _queued(recorded):
             f"(by {iso(draining.get('drain_ends_at'))})")
 
 
+def _certificates(host, admin_up):
+    """Mesh TLS certificates (mesh_identity.certificates); an error says why they cannot be read."""
+    try:
+        return mesh_identity.certificates(host, admin_up)
+    except EnvoyFormulaError as exc:
+        return {"earliest_expiry": None, "identities": {}, "error": str(exc),
+                "renew_days_remaining": host["mesh_tls"]["renew_days_remaining"]}
+
+
+def _certificate_words(certificates):
+    """The summary's part on certificates: only what needs an operator (not served, missing, or
+    past the renewal threshold, which means highstate has not renewed them)."""
+    if not certificates:
+        return None
+    if certificates.get("error"):
+        return f"certificates: {certificates['error']}"
+    unserved = sorted(name for name, c in certificates["identities"].items() if c.get("served") is False)
+    missing = sorted(name for name, c in certificates["identities"].items() if c.get("not_after") is None)
+    words = []
+    if missing:
+        words.append(f"certificate missing: {', '.join(missing)}")
+    if unserved:
+        words.append(f"certificate on disk NOT served: {', '.join(unserved)}")
+    earliest = certificates.get("earliest_expiry")
+    if earliest:
+        left = datetime.datetime.fromisoformat(earliest.replace("Z", "+00:00")) - datetime.datetime.now(datetime.timezone.utc)
+        if left < datetime.timedelta(days=certificates["renew_days_remaining"]):
+            words.append(f"certificate expires {earliest} (renewal overdue)")
+    return ", ".join(words) or None
+
+
 def summary(out):
     """One line: LIVE or not, epoch, bundle, whether Envoy runs the config on disk, the last restart
     and the last scheduled highstate."""
@@ -113,6 +148,9 @@ def summary(out):
         parts.append(out["restart_queued"])
     if out["hot_restart_blocked"]:
         parts.append("hot restart blocked: next change takes a full restart")
+    certificates = _certificate_words(out.get("certificates"))
+    if certificates:
+        parts.append(certificates)
     highstate = out["highstate"]
     if highstate is None:
         parts.append("no scheduled highstate recorded")
@@ -154,6 +192,7 @@ def status(host):
         "highstate": _highstate(host),
         "resources": _resources(host, info.get("state") == "LIVE"),
         "restart_queued": _queued(recorded) if pid else None,
+        "certificates": _certificates(host, info.get("state") == "LIVE"),
     }
     out["summary"] = summary(out)
     return out

@@ -1,6 +1,7 @@
 """Shared bits of the config generator tests: loading golden/bad cases, running envoy validate."""
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -31,14 +32,21 @@ def golden_inputs(case):
     return manifests, load_yaml(case_dir / "pillar.yaml"), golden_host()
 
 
-def envoy_validate(envoy_bin, text, workdir, log_dir=None):
+def envoy_validate(envoy_bin, text, workdir, log_dir=None, pki_dir=None):
     """Run the real ``envoy --mode validate`` on ``text``; the access log path is moved under
-    ``workdir`` because validation opens it. Returns (ok, output)."""
+    ``workdir`` because validation opens it, and so is ``pki_dir`` (mesh TLS), where validation
+    wants every SDS file and watched directory to exist. Returns (ok, output)."""
     workdir = Path(workdir)
     logs = workdir / "log"
     logs.mkdir(exist_ok=True)
     if log_dir:
         text = text.replace(f'"{log_dir}/', f'"{logs}/')
+    if pki_dir:
+        pki = workdir / "pki"
+        text = text.replace(f'"{pki_dir}/', f'"{pki}/')
+        for sds_file in set(re.findall(rf'"({re.escape(str(pki))}/sds/[^"]+\.yaml)"', text)):
+            Path(sds_file).parent.mkdir(parents=True, exist_ok=True)
+            Path(sds_file).touch()
     path = workdir / "envoy.yaml"
     path.write_text(text)
     proc = subprocess.run([envoy_bin, "--mode", "validate", "--log-level", "error", "-c", str(path)],

@@ -51,7 +51,7 @@ def test_clean_undoes_the_components_in_reverse_order(tmp_path):
         first[state["__sls__"]] = min(first.get(state["__sls__"], 10**9), order)
     order = sorted(first, key=first.get)
     assert order == ["envoy.schedule.clean", "envoy.report.clean", "envoy.discovery.clean", "envoy.service.clean",
-                     "envoy.config.clean", "envoy.bundle.clean"]
+                     "envoy.config.clean", "envoy.identity.clean", "envoy.bundle.clean"]
 
 
 def test_a_site_template_replaces_the_unit_without_forking_the_formula(tmp_path):

@@ -31,7 +31,8 @@ def test_render_matches_golden(case):
 @pytest.mark.parametrize("case", GOLDEN_CASES)
 def test_golden_is_accepted_by_real_envoy(case, envoy_bin, tmp_path):
     text = (GOLDEN / case / "envoy.yaml").read_text()
-    ok, output = envoy_validate(envoy_bin, text, tmp_path, log_dir=golden_inputs(case)[2]["log_dir"])
+    host = golden_inputs(case)[2]
+    ok, output = envoy_validate(envoy_bin, text, tmp_path, log_dir=host["log_dir"], pki_dir=host["pki_dir"])
     assert ok, output
 
 

@@ -275,3 +275,21 @@ def test_compiled_templates_are_kept_in_the_cache_dir_and_a_bad_entry_only_recom
         entry.write_bytes(b"not jinja bytecode")
     assert render() == golden
     assert all(e.read_bytes() != b"not jinja bytecode" for e in entries), "bad entries are replaced"
+
+
+def test_mesh_tls_off_as_bare_yaml_renders_exactly_like_no_mesh_tls():
+    manifests, pillar, host = golden_inputs("sidecar")
+    bare_off = {**pillar, **yaml.safe_load("mesh_tls: {mode: off}")}
+    assert bare_off["mesh_tls"]["mode"] is False  # YAML 1.1: a bare off is false
+    assert generate(manifests, bare_off, host) == generate(manifests, pillar, host)
+
+
+def test_pillar_example_with_mesh_tls_strict_is_accepted_by_envoy(envoy_bin, tmp_path):
+    pillar = load_yaml(REPO / "pillar.example")["envoy"]
+    pillar["roles"] = ["sidecar", "front"]
+    pillar["mesh_tls"]["mode"] = "strict"
+    host = {**HOST, "pki_dir": "/etc/envoy/pki"}
+    text = generate([("/etc/envoy/manifest.d/foo.yaml", MANIFEST)], pillar, host)
+    assert "spiffe://mesh.example.com/service/users-api" in text  # foo checks who answers
+    ok, output = envoy_validate(envoy_bin, text, tmp_path, log_dir=HOST["log_dir"], pki_dir=host["pki_dir"])
+    assert ok, output

@@ -308,3 +308,107 @@ def test_discovery_server_restarted_when_its_settings_changed(salt_mods):
     ret = envoy_state.discovery_server_running("envoy-discovery")
     assert ret["changes"] == {"restarted": "envoy-discovery --ttl 300", "pid": 9}
     assert ret["comment"] == "the discovery service restarted (pid 9), healthy"
+
+
+# --- mesh TLS --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def mesh_host(tmp_path):
+    from envoy_formula import host_settings
+
+    pillar = {"roles": ["sidecar"], "lookup": {"root": str(tmp_path)},
+              "mesh_tls": {"mode": "strict", "trust_domain": "mesh.test", "ca": {"minion": "ca1"}}}
+    host = host_settings.resolve(pillar, euid=1000)
+    os.makedirs(host["manifest_dir"])
+    os.makedirs(host["pki_dir"] + "/sds")
+    return host
+
+
+def test_mesh_ca_trusted_writes_the_mine_s_ca_once_and_predicts_under_test(salt_mods, opts, mesh_host):
+    from tests.helpers.pki import TestCA
+
+    ca = TestCA()
+    path = mesh_host["pki_dir"] + "/mesh-ca.crt"
+    salt_mods["envoy.settings"] = MagicMock(return_value=mesh_host)
+    salt_mods["mine.get"] = MagicMock(return_value={"ca1": ca.pem()})
+    opts["test"] = True
+    ret = envoy_state.mesh_ca_trusted(path)
+    assert ret["result"] is None and ret["changes"]["old"] is None and "from ca1" in ret["changes"]["new"]
+    assert not os.path.exists(path)
+    opts["test"] = False
+    ret = envoy_state.mesh_ca_trusted(path)
+    assert ret["result"] is True and ret["changes"] and open(path).read() == ca.pem()
+    ret = envoy_state.mesh_ca_trusted(path)
+    assert ret["result"] is True and ret["changes"] == {} and "is trusted" in ret["comment"]
+
+
+def test_mesh_ca_trusted_fails_clearly_without_a_ca_in_the_mine(salt_mods, mesh_host):
+    salt_mods["envoy.settings"] = MagicMock(return_value=mesh_host)
+    salt_mods["mine.get"] = MagicMock(return_value={})
+    path = mesh_host["pki_dir"] + "/mesh-ca.crt"
+    ret = envoy_state.mesh_ca_trusted(path)
+    assert ret["result"] is False and ret["changes"] == {}
+    assert "apply envoy.identity.ca on ca1 first" in ret["comment"] and not os.path.exists(path)
+
+
+def test_mesh_secrets_published_predicts_under_test_then_publishes_once(salt_mods, opts, mesh_host):
+    from tests.helpers.pki import TestCA
+
+    ca = TestCA()
+    with open(mesh_host["manifest_dir"] + "/bar.yaml", "w") as handle:
+        handle.write("service: bar\ningress: {port: 9211, app_port: 8081}\n")
+    with open(mesh_host["pki_dir"] + "/mesh-ca.crt", "w") as handle:
+        handle.write(ca.pem())
+    ca.write_identity(mesh_host["pki_dir"], "bar", "spiffe://mesh.test/service/bar")
+    salt_mods["envoy.settings"] = MagicMock(return_value=mesh_host)
+    sds = mesh_host["pki_dir"] + "/sds"
+    opts["test"] = True
+    ret = envoy_state.mesh_secrets_published(sds)
+    assert ret["result"] is None and set(ret["changes"]["published"]) == {"mesh_ca", "mesh_bar"}
+    assert os.listdir(sds) == []
+    opts["test"] = False
+    ret = envoy_state.mesh_secrets_published(sds)  # no Envoy answers: nothing to confirm
+    assert ret["result"] is True and set(ret["changes"]["published"]) == {"mesh_ca", "mesh_bar"}, ret
+    assert "PRIVATE KEY" not in repr(ret)
+    ret = envoy_state.mesh_secrets_published(sds)
+    assert ret["result"] is True and ret["changes"] == {}
+
+
+def test_mesh_ca_published_sends_to_the_mine_only_when_its_copy_differs(salt_mods, opts, mesh_host):
+    from tests.helpers.pki import TestCA
+
+    ca = TestCA()
+    os.makedirs(mesh_host["pki_dir"] + "/ca")
+    path = mesh_host["pki_dir"] + "/ca/mesh-ca.crt"
+    with open(path, "w") as handle:
+        handle.write(ca.pem())
+    salt_mods["envoy.settings"] = MagicMock(return_value=mesh_host)
+    salt_mods["mine.get"] = MagicMock(return_value={})
+    salt_mods["mine.send"] = MagicMock(return_value=False)
+    ret = envoy_state.mesh_ca_published(path)
+    assert ret["result"] is False and ret["changes"] == {} and "master reachable" in ret["comment"]
+    salt_mods["mine.send"] = MagicMock(return_value=True)
+    ret = envoy_state.mesh_ca_published(path)
+    assert ret["result"] is True and ret["changes"] == {"mine": "envoy_mesh_ca"}
+    salt_mods["mine.send"].assert_called_once_with("envoy_mesh_ca", mine_function="envoy.mesh_ca_certificate")
+    salt_mods["mine.get"] = MagicMock(return_value={"web1": ca.pem()})
+    salt_mods["mine.send"].reset_mock()
+    ret = envoy_state.mesh_ca_published(path)
+    assert ret["result"] is True and ret["changes"] == {}
+    salt_mods["mine.send"].assert_not_called()
+
+
+def test_mesh_secrets_published_on_a_new_host_under_test_predicts_instead_of_failing(salt_mods, opts, mesh_host):
+    """test=True before the first run: the x509 states only predicted the key and certificate."""
+    with open(mesh_host["manifest_dir"] + "/bar.yaml", "w") as handle:
+        handle.write("service: bar\ningress: {port: 9211, app_port: 8081}\n")
+    salt_mods["envoy.settings"] = MagicMock(return_value=mesh_host)
+    sds = mesh_host["pki_dir"] + "/sds"
+    opts["test"] = True
+    ret = envoy_state.mesh_secrets_published(sds)
+    assert ret["result"] is None and ret["changes"], ret
+    assert "bar.key" in ret["comment"] and "mesh-ca.crt" in ret["comment"]
+    opts["test"] = False  # for real, the requisites ran the x509 states first: a missing key is an error
+    ret = envoy_state.mesh_secrets_published(sds)
+    assert ret["result"] is False and ret["changes"] == {} and "x509 states must write it first" in ret["comment"]
+    assert os.listdir(sds) == []

@@ -25,6 +25,7 @@ def test_every_key_the_formula_reads_is_documented():
           for key in values),
         *keys("envoy:discovery", host_settings.DISCOVERY_DEFAULTS),
         *keys("envoy:report", host_settings.REPORT_DEFAULTS),
+        *keys("envoy:mesh_tls", host_settings.MESH_TLS_DEFAULTS),
         "envoy:bundle:source", "envoy:bundle:sha256", "envoy:bundle:keep",
         "envoy:tofs:path_prefix", "envoy:tofs:files_switch", "envoy:tofs:source_files",
     ]

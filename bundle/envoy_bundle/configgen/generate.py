@@ -1,5 +1,6 @@
 """The pipeline: check every input, check the policy, build the model, render."""
 
+from . import mesh_tls
 from .errors import ConfigError, Problems
 from .inputs import check_host, check_pillar, parse_manifest, read_manifest_dir
 from .model import build_model
@@ -49,6 +50,7 @@ def _checked_render(manifests, pillar, host):
     check_roles_fit(valid, net["roles"], problems)
     check_ports(valid, net, host_facts, problems)
     check_front_eds(net, discovery, problems)
+    mesh_tls.check(net, host_facts, valid, problems)
     if host_facts is not None and host_facts["config_mode"] == "files" and not host_facts.get("config_dir"):
         Where.host(problems).fail(["config_dir"], "is required for config_mode files (where the xds files go)")
     if problems or host_facts is None or any(v is INVALID for v in net.values()):

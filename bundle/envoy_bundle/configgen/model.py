@@ -3,6 +3,7 @@ From checked inputs to the plain data the templates render: listeners and cluste
 default applied, sorted wherever Envoy does not care about order, so equal inputs give equal bytes.
 """
 
+from . import mesh_tls
 from .policy import HTTP_TYPES, health_check_protocol
 from .specs import STREAM_KNOBS
 
@@ -41,6 +42,7 @@ class ModelBuilder:
         self.clusters = {}
         self.listeners = []
         self.upstream_policies = {}  # service -> the egress route's timeout and retry policy (client.json)
+        self.mesh = mesh_tls.settings(net, host, manifests)  # None when mesh TLS is off
 
     def build(self):
         if "sidecar" in self.roles:
@@ -107,7 +109,7 @@ class ModelBuilder:
             "name": name, "type": "STATIC" if is_ipv4(host) else "STRICT_DNS",
             "connect_timeout_ms": connect_timeout_ms, "lb_policy": "ROUND_ROBIN", "http2": False,
             "endpoints": [(host, port)], "circuit_breakers": None, "outlier": None, "health_check": None,
-            "eds_service": None,
+            "eds_service": None, "tls": None,
         }
 
     def add_catalogue_cluster(self, name, settings, circuit_breakers, health=True):
@@ -140,6 +142,7 @@ class ModelBuilder:
             "health_check": health_check,
             "eds_service": name if eds else None,
             "eds_refresh_ms": upstream["eds_refresh_ms"],
+            "tls": mesh_tls.upstream(self.mesh, name, entry),
         }
 
     def upstream_settings(self, override=None):
@@ -200,7 +203,7 @@ class ModelBuilder:
             "lb_policy": "ROUND_ROBIN", "http2": ingress["app_protocol"] == "http2",
             "endpoints": [("127.0.0.1", ingress["app_port"])],
             "circuit_breakers": dict(settings["circuit_breakers"]), "outlier": None, "health_check": None,
-            "eds_service": None,
+            "eds_service": None, "tls": None,
         }
         route = self.route_action(local, {key: settings.get(key) for key in ("timeout_ms", *STREAM_KNOBS)}
                                   | {"retries": settings["connect_retries"], "retry_on": SAFE_RETRY_ON})
@@ -209,11 +212,15 @@ class ModelBuilder:
         vhost = {"name": local, "domains": ["*"],
                  "routes": [{"name": local, "match": {"kind": "prefix", "value": "/", "headers": []}, "route": route}],
                  "virtual_clusters": [{"name": "healthcheck", "path": ingress["health_check"]}]}
+        mesh = mesh_tls.ingress(self.mesh, service, self.services.get(service)) if self.mesh else None
+        if mesh:
+            vhost["rbac"] = mesh["rbac"]
         self.listeners.append({
             "kind": "http", "name": f"ingress_{service}", "address": self.net["listeners"]["ingress"]["address"],
             "port": ingress["port"], "direction": "INBOUND",
             "hcm": self.hcm(f"ingress_{service}", [vhost], edge=False,
                             health_check={"path": ingress["health_check"], "pass_through": True}),
+            "mesh": mesh,
         })
 
     def add_database(self, manifest, database):

@@ -5,6 +5,8 @@ host facts the Salt module passes. Defaults here are the network team's built-in
 the same fields for people.
 """
 
+from envoy_formula import mesh_names
+
 from .schema import (
     Bool,
     DictOf,
@@ -232,6 +234,9 @@ SERVICE = Map({
     "health_check_path": Field(URL_PATH),
     "health_check_grpc_service": Field(GRPC_SERVICE),
     "lb_policy": Field(Str(choices=LB_POLICIES)),
+    # Mesh TLS: the identities (edge, or catalogue service names) allowed to call this service.
+    # Not set: any identity the mesh CA signed. Enforced in mode strict, reported in permissive.
+    "callers": Field(ListOf(NAME, max_len=1000)),
 })
 
 HEADER_MATCH = Map({
@@ -285,6 +290,33 @@ TLS = Map({
     })), default=[]),
     "min_version": Field(Str(choices=["TLSv1_2", "TLSv1_3"]), default="TLSv1_2"),
     "alpn": Field(ListOf(Str(choices=["h2", "http/1.1"])), default=["h2", "http/1.1"]),
+})
+
+# Mesh TLS between sidecars (docs/mesh-tls.md). The generator reads mode, trust_domain and
+# send_tls; the formula the CA and the certificates' lifetime (host_settings.MESH_TLS_DEFAULTS),
+# checked here too so that a typo anywhere in the section is reported.
+class Mode(Str):
+    """One of the mesh TLS modes; a bare ``mode: off`` in YAML (false) means off."""
+
+    def check(self, value, path, where):
+        return super().check(mesh_names.mode_of(value), path, where)
+
+
+MESH_TLS = Map({
+    "mode": Field(Mode(choices=list(mesh_names.MODES)), default="off"),
+    "trust_domain": Field(Str(mesh_names.TRUST_DOMAIN.pattern, shape="a SPIFFE trust domain such as "
+                              "mesh.example.com (lowercase letters, digits, '.', '-', '_'; no scheme)", max_len=255)),
+    # Whether callers' Envoys speak mTLS to mesh services. Mode strict implies it; in permissive it
+    # is the migration's second step (docs/mesh-tls.md).
+    "send_tls": Field(Bool()),
+    "ca": Field(Map({
+        "minion": Field(Str(r"[^\s*?\[\]!,@]+", shape="a minion id (no glob or list)", max_len=255)),
+        "signing_policy": Field(Str(r"[A-Za-z0-9_.-]*(\{identity\}[A-Za-z0-9_.-]*)?",
+                                    shape="a signing policy name, optionally with {identity}", max_len=255)),
+        "days_valid": Field(Int(1, 36500)),
+    })),
+    "days_valid": Field(Int(1, 3650)),
+    "renew_days_remaining": Field(Int(0, 3650)),
 })
 
 OBSERVABILITY = Map({
@@ -342,6 +374,7 @@ PILLAR_SECTIONS = {
     "services": Field(DictOf(NAME, SERVICE), default={}),
     "routes": Field(ListOf(ROUTE), default=[]),
     "tls": Field(TLS, default={}),
+    "mesh_tls": Field(MESH_TLS, default={}),
     "observability": Field(OBSERVABILITY, default={}),
 }
 # The formula's own keys of pillar `envoy:` (not the generator's; never flagged as typos).
@@ -362,4 +395,6 @@ HOST = Map({
     # config_dir that the running Envoy applies without a restart (outputs.py).
     "config_mode": Field(Str(choices=["static", "files"]), default="static"),
     "config_dir": Field(ABS_PATH),
+    # Where the formula keeps mesh TLS keys, certificates and SDS files (mesh_tls mode not off).
+    "pki_dir": Field(ABS_PATH),
 })

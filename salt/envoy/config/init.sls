@@ -8,6 +8,7 @@
 include:
   - {{ tplroot }}.user
   - {{ tplroot }}.bundle
+  - {{ tplroot }}.identity
 
 # Each service's deploy drops its manifest here.
 envoy-manifest-dir-managed:
@@ -32,5 +33,7 @@ envoy-config-file-managed:
     - name: {{ envoy.config_file | tojson }}
     - require:
       - sls: {{ tplroot }}.bundle
+      # Validation wants the SDS files of mesh TLS in place.
+      - sls: {{ tplroot }}.identity
       - file: envoy-manifest-dir-managed
       - file: envoy-log-dir-managed
