@@ -210,3 +210,17 @@ def test_envoy_status_reports_each_identity_and_the_earliest_expiry(strict):
     edge = certificates["identities"]["edge"]
     assert edge["uri"] == f"spiffe://{TRUST_DOMAIN}/edge" and edge["served"] is True
     assert certificates["earliest_expiry"] == min(edge["not_after"], certificates["ca"]["not_after"])
+
+
+def test_the_fleet_report_shows_each_hosts_earliest_certificate_expiry(strict):
+    """salt-run envoy.report (asking the minions now) carries what envoy.status says, per host, and
+    the table gains the cert_expiry column."""
+    mesh = strict
+    mesh.salt_run("saltutil.sync_all")  # the runner, to the master
+    rows = {row["minion"]: row for row in mesh.salt_run("envoy.report", "live=True")}
+    for host in ("edge", "foo", "bar1"):
+        expected = mesh.status(host)["certificates"]["earliest_expiry"]
+        assert expected and rows[host]["certificates"]["earliest_expiry"] == expected, (host, rows[host])
+        assert rows[host]["certificates"]["expires_in_s"] > 0
+    table = mesh.salt_run("envoy.report", "live=True", out="table")
+    assert "cert_expiry" in table, table[-3000:]
