@@ -10,7 +10,7 @@ Master config (the keys file: ``<key id> <secret>`` per line, the first signs; 0
     ext_pillar:
       - envoy_discovery:
           keys_file: /etc/salt/envoy-discovery.keys   # the default
-          lifetime_days: 30                           # tokens live 30-60 days; a highstate renews them
+          lifetime_days: 7                            # tokens live 7-14 days; a highstate renews them
 
 then ``salt-run saltutil.sync_all`` (this module and the library reach the master's extension dirs).
 """
@@ -27,6 +27,7 @@ def __virtual__():
     return (False, "the envoy_formula library (_utils/envoy_formula) is not synced: run salt-run saltutil.sync_all")
 
 
-def ext_pillar(minion_id, pillar, keys_file=DEFAULT_KEYS_FILE, lifetime_days=30, **kwargs):
+def ext_pillar(minion_id, pillar, keys_file=None, lifetime_days=7, **kwargs):
+    keys_file = keys_file or (__opts__.get("envoy_discovery") or {}).get("keys_file") or DEFAULT_KEYS_FILE
     lib = __utils__["envoy_formula.library"]()
     return lib.discovery_issuer.pillar_for(minion_id, pillar, __grains__, keys_file, lifetime_days, time.time())

@@ -24,7 +24,7 @@ HELP = {
     "discovery_sweeps_held_total": ("counter", "Service sweeps held by the sweep guard (nothing deleted)."),
     "discovery_errors_total": ("counter", "Requests failed on the store (503) by operation."),
     "discovery_view_builds_total": ("counter", "EDS answers built from the store (cache misses)."),
-    "discovery_expired_hosts_total": ("counter", "Hosts expired early by an operator (POST /v1/expire)."),
+    "discovery_early_expiries_total": ("counter", "Hosts given an early expiry by an operator (POST /v1/expire)."),
     "discovery_auth_verified_total": ("counter", "Requests whose registration or operator token checked out."),
     "discovery_auth_refused_total": ("counter", "Requests refused with 403 by --auth enforce, by reason."),
     "discovery_auth_audited_total": ("counter", "Requests --auth audit would have refused (served anyway), "
@@ -40,7 +40,7 @@ SERIES = (
     [("discovery_registrations_total", (("result", r),)) for r in ("ok", "rejected", "forbidden")]
     + [("discovery_deregistrations_total", ()), ("discovery_sweeps_total", ()),
        ("discovery_swept_hosts_total", ()), ("discovery_sweeps_held_total", ()),
-       ("discovery_view_builds_total", ()), ("discovery_expired_hosts_total", ()),
+       ("discovery_view_builds_total", ()), ("discovery_early_expiries_total", ()),
        ("discovery_auth_verified_total", ())]
     + [(name, (("reason", r),)) for name in ("discovery_auth_refused_total", "discovery_auth_audited_total")
        for r in AUTH_REASONS]
@@ -50,7 +50,7 @@ SERIES = (
 SLOTS = {key: index for index, key in enumerate(SERIES)}
 # Shown at 0 before the first event.
 ALWAYS_SHOWN = ("discovery_deregistrations_total", "discovery_sweeps_total", "discovery_swept_hosts_total",
-                "discovery_sweeps_held_total", "discovery_view_builds_total", "discovery_expired_hosts_total",
+                "discovery_sweeps_held_total", "discovery_view_builds_total", "discovery_early_expiries_total",
                 "discovery_auth_verified_total")
 
 

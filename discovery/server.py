@@ -29,7 +29,13 @@ from discovery import eds
 from discovery.auth import MODES as AUTH_MODES
 from discovery.auth import Authenticator
 from discovery.metrics import Metrics, shared_block
-from discovery.model import InvalidRegistration, parse_endpoint, parse_registration, validate_service
+from discovery.model import (
+    InvalidRegistration,
+    parse_endpoint,
+    parse_registration,
+    validate_ip,
+    validate_service,
+)
 from discovery.store import SqliteStore, StoreError, open_store
 from discovery.views import SweepGuard, Views
 
@@ -232,6 +238,38 @@ async def force_sweep(request):
         for r in results]})
 
 
+async def expire_hosts(request):
+    """``POST /v1/expire`` (an operator: the master's presence cleanup): JSON ``{"ips": [...],
+    "idle_for": seconds, "reason": text}``. The live hosts on those addresses expire ``idle_for``
+    seconds after their last check-in instead of a TTL after it: at once if they have been silent
+    that long, else then, unless they check in again (a host still heartbeating is never lost).
+    Expired hosts are hidden and swept like any others, sweep guard included."""
+    app = request.app
+    failure = app[AUTH].refusal(request, "operator")
+    if failure:
+        return forbidden("operator", failure)
+    try:
+        body = await request.json()
+        ips = sorted({validate_ip(ip) for ip in body["ips"]})
+        idle_for = float(body.get("idle_for", 0))
+        reason = str(body.get("reason", ""))[:200]
+        if idle_for < 0:
+            raise ValueError("idle_for: must be >= 0 seconds")
+    except (ValueError, KeyError, TypeError, InvalidRegistration) as exc:
+        return error(400, f"expected JSON {{\"ips\": [addresses], \"idle_for\": seconds}}: {exc}")
+    hosts = await app[STORE].shorten(ips, since=live_since(app), by=app[TTL] - idle_for)
+    for service in {host.service for host in hosts}:
+        app[VIEWS].invalidate(service)
+    app[METRICS].inc("discovery_early_expiries_total", len(hosts))
+    now = time.time()
+    expiring = [{"service": h.service, "ip": h.ip_address, "port": h.port,
+                 "expires_in": round(max(0.0, h.last_check_in + app[TTL] - now), 3)} for h in hosts]
+    log.warning("early expiry of %d host(s) on %s, %gs after their last check-in (%s, from %s): %s", len(hosts),
+                ", ".join(ips), idle_for, reason or "no reason given", request.remote,
+                ", ".join(f"{e['service']} {e['ip']}:{e['port']} in {e['expires_in']:g}s" for e in expiring) or "none")
+    return json_response({"expiring": expiring})
+
+
 def background(interval, sweeper):
     """A cleanup context: the change-stamp poll (every worker) and, in one worker per instance,
     the sweeper every ``interval`` seconds (a failing sweep is logged and retried)."""
@@ -290,6 +328,7 @@ def create_app(store, ttl=DEFAULT_TTL, env="production", sweep_interval=None, *,
     app.router.add_delete("/v1/registration/{service}/{endpoint}", deregister, name="deregister")
     app.router.add_post("/v1/sweep", force_sweep, name="sweep")
     app.router.add_post("/v1/sweep/{service}", force_sweep, name="sweep_service")
+    app.router.add_post("/v1/expire", expire_hosts, name="expire")
     app.router.add_post("/v3/discovery:endpoints", endpoints, name="eds")
     app.router.add_get("/healthcheck", healthcheck, name="healthcheck")
     app.router.add_get("/metrics", metrics_page, name="metrics")

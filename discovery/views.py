@@ -26,6 +26,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from envoy_formula import discovery_guard
+
 from discovery import eds
 from discovery.store import StoreError
 
@@ -43,7 +45,7 @@ class SweepGuard:
     def holds(self, total, expired, fleet_held=False):
         if fleet_held and expired:
             return True
-        return expired > self.min_hosts and expired > self.fraction * total
+        return discovery_guard.holds(total, expired, self.fraction, self.min_hosts)
 
 
 @dataclass

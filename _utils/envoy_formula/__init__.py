@@ -29,7 +29,8 @@ MODULES = (
     "config_render", "config_validate", "config_file", "config_files", "config_changes", "rejected_inputs",
     "admin_api", "restarter_status", "supervisor", "preflight", "lifecycle", "highstate_record", "status_report",
     "xds_acceptance", "xds_apply", "config_apply",
-    "discovery_tokens", "discovery_credentials", "discovery_issuer", "discovery_registration", "discovery_daemon",
+    "discovery_tokens", "discovery_guard", "discovery_credentials", "discovery_issuer", "discovery_registration",
+    "discovery_presence", "discovery_daemon",
 )
 # Imported before this execution of the package: possibly older than the files on disk.
 _stale = [name for name in MODULES if f"{__name__}.{name}" in sys.modules]

@@ -56,10 +56,13 @@ def running_pid(host):
 
 
 def status(host):
+    """``command``: what pillar wants; ``running_command``: what the running daemon was started with."""
     argv = command(host)
     pid = running_pid(host)
-    current = pid is not None and _options(processes.cmdline(pid)) == argv[1:]
-    return {"running": pid is not None, "pid": pid, "current": current, "command": argv, **paths(host)}
+    running = processes.cmdline(pid) if pid is not None else None
+    current = running is not None and _options(running) == argv[1:]
+    return {"running": pid is not None, "pid": pid, "current": current, "command": argv,
+            "running_command": running, **paths(host)}
 
 
 def stop(host, timeout=10):

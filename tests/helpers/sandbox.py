@@ -55,7 +55,7 @@ class SandboxHost:
             path.mkdir(parents=True, exist_ok=True)
         # Custom modules reach the minion through the file server, as in a real Salt tree; a small
         # dir of links keeps the repo's .venv out of the file server's walk.
-        for sub in ("_modules", "_states", "_utils", "_pillar"):
+        for sub in ("_modules", "_states", "_runners", "_utils", "_pillar"):
             link = self.ext_dir / sub
             if not link.exists():
                 link.symlink_to(REPO / sub)
