@@ -14,15 +14,11 @@ internal listener would save the port, but xDS fetches run on Envoy's main threa
 internal listeners: every fetch fails with "connect to previously closed peer".)
 """
 
-import asyncio
-import json
-import random
 import signal
 import subprocess
 import threading
 import time
 
-import aiohttp
 import pytest
 import requests
 import yaml
@@ -35,6 +31,7 @@ from tests.helpers.discovery import (
     register,
     wait_until,
 )
+from tests.helpers.eds_load import EdsLoad
 from tests.helpers.net import free_port, wait_for
 
 CLUSTERS = [f"svc-{i:02d}" for i in range(20)]
@@ -92,41 +89,6 @@ class EnvoyProxy(Process):
     def host_counts(self):
         status = requests.get(f"{self.admin}/clusters?format=json", timeout=5).json()
         return {c["name"]: len(c.get("host_statuses", [])) for c in status["cluster_statuses"]}
-
-
-class EdsLoad:
-    """Envoy-size EDS requests (77 KB bodies, 16 connections) to every instance, in a thread."""
-
-    def __init__(self, urls):
-        self.urls, self.stop_event = urls, threading.Event()
-        self.ok = self.errors = 0
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self):
-        extensions = [{"name": f"envoy.extension.{i:04d}", "category": "envoy.filters.http"} for i in range(1000)]
-        bodies = [json.dumps({"node": {"id": "load", "extensions": extensions}, "resource_names": [c],
-                              "type_url": CLA}).encode() for c in CLUSTERS]
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            async def worker(seed):
-                rng = random.Random(seed)
-                while not self.stop_event.is_set():
-                    try:
-                        async with session.post(f"{rng.choice(self.urls)}/v3/discovery:endpoints",
-                                                data=rng.choice(bodies)) as resp:
-                            await resp.read()
-                            self.ok += resp.status == 200
-                    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-                        self.errors += 1  # the killed instance: expected for this client, which has no retry
-                        await asyncio.sleep(0.01)
-            await asyncio.gather(*(worker(i) for i in range(16)))
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_event.set()
-        self.thread.join(timeout=10)
 
 
 class Watch:
@@ -200,7 +162,7 @@ def test_an_instance_killed_under_eds_load_costs_envoy_no_fetch(envoy_bin, workd
         wait_until(lambda: all(envoy.host_counts().get(c) == HOSTS_PER_CLUSTER for c in CLUSTERS), 30,
                    "every EDS cluster to get its hosts from discovery")
         assert failures(envoy) == {}
-        with EdsLoad([i.url for i in instances]) as load, Watch(envoy) as watch:
+        with EdsLoad([i.url for i in instances], CLUSTERS) as load, Watch(envoy) as watch:
             time.sleep(2)
             attempts = sum(v for k, v in envoy.stats("cluster.svc-").items() if k.endswith(".update_attempt"))
             victim = instances[0]
