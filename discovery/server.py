@@ -189,7 +189,9 @@ async def sweep_once(app, services=None, force=False):
     of the guard. Returns the per-service results."""
     options, metrics = app[OPTIONS], app[METRICS]
     since = live_since(app)
-    fleet_held = not force and options.guard.holds(*await app[STORE].fleet_stats(since))
+    # The worker's fleet-wide hold (released only a grace after the share fell, see Views), or the
+    # share now if this worker's views have not polled it yet.
+    fleet_held = not force and (app[VIEWS].fleet_held or options.guard.holds(*await app[STORE].fleet_stats(since)))
     results = await app[STORE].guarded_sweep(since, since - options.sweep_grace, options.guard,
                                              services=services, force=force, fleet_held=fleet_held)
     metrics.inc("discovery_sweeps_total")
