@@ -81,6 +81,7 @@ class DiscoveryMesh(Mesh):
                 "ext_pillar": [{"envoy_discovery": {}}],
                 # The formula's presence cleanup: the master notices a lost minion within 2 s.
                 "presence_events": True, "loop_interval": 2,
+                "log_granular_levels": {"salt.utils.reactor": "debug", "salt.master": "debug"},
                 "reactor": [{"salt/presence/change": ["salt://envoy/reactor/presence.sls"]}],
                 "envoy_discovery": {"keys_file": KEYS_FILE, "urls": urls, "idle_s": 2 * HEARTBEAT_S + 2}}
 
@@ -206,7 +207,11 @@ class DiscoveryMesh(Mesh):
                   if any(w in line for w in wanted)]
         instances = [f"{h}: {line}" for h in INSTANCES
                      for line in self.read(h, "/var/log/envoy/envoy-discovery.log").splitlines() if "expir" in line]
-        return "\n".join(["master:", *master[-60:], "instances:", *instances[-20:]])
+        present = self.lab.run("master", [str(VENV_BIN / "salt-run"), "--out=json", "manage.present"], check=False)
+        hosts = [f"--- {h}:\n" + self.lab.run(h, "ps -eo pid,ppid,etimes,args | cut -c1-160; ss -tnp | grep 4505",
+                                                check=False).stdout for h in ("master", "bar2")]
+        return "\n".join(["master:", *master[-60:], "instances:", *instances[-20:],
+                          f"manage.present now: {present.stdout} {present.stderr[-500:]}", *hosts])
 
     def wait_instances_healthy(self, timeout=120):
         wait_for(lambda: all(self.discovery_get("/v1/registration/bar", via=h) is not None for h in INSTANCES),
