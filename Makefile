@@ -19,7 +19,7 @@ test: venv
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check _modules _states _runners _utils bundle discovery client tests benchmarks demo
+	$(BIN)/ruff check _modules _states _runners _utils _pillar bundle discovery client tests benchmarks demo
 	$(BIN)/mypy --config-file client/pyproject.toml client/envoy_client
 	$(BIN)/yamllint -s .
 	$(BIN)/salt-lint $$(find salt pillar -name '*.sls')
@@ -35,9 +35,9 @@ bundle: venv
 	$(BIN)/envoy-bundle build --out out/ --pillar pillar/envoy/bundle.sls --source-prefix $(BUNDLE_SOURCE_PREFIX)
 
 # What a Salt master serves of this repo, and nothing else (no .venv, .git or tests): the formula
-# (envoy/) and the custom module dirs Salt syncs (_runners to the master, the rest to minions).
+# (envoy/) and the custom module dirs Salt syncs (_runners and _pillar to the master, the rest to minions).
 # README: "Using the formula in a Salt tree".
-SALT_TREE_DIRS := _modules _states _runners _utils
+SALT_TREE_DIRS := _modules _states _runners _utils _pillar
 salt-tree:
 	@test -n "$(DEST)" || { echo "usage: make salt-tree DEST=/srv/salt-envoy" >&2; exit 2; }
 	mkdir -p $(DEST)

@@ -691,6 +691,58 @@ def registration_status(**kwargs):
     return _lib().discovery_registration.status(_host(kwargs), __grains__)
 
 
+def _pillar_envoy():
+    """Pillar ``envoy`` as plain data (Salt 3008 wraps pillar to mask it in output; values read the same)."""
+    return __pillar__.get("envoy") or {}
+
+
+@_salt_errors
+def discovery_secret_status(kind, **kwargs):
+    """
+    Whether this host's registration token (``kind=token``) or, on a discovery server, the token
+    keys (``kind=keys``) are in their 0600 file as pillar has them (the master's ``envoy_discovery``
+    ext_pillar issues both). Says where and whether, never what.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.discovery_secret_status token
+    """
+    return _lib().discovery_credentials.status(_host(kwargs), _pillar_envoy(), kind)
+
+
+@_salt_errors
+def discovery_secret_write(kind, **kwargs):
+    """
+    Write this host's registration token (``kind=token``) or the discovery server's token keys
+    (``kind=keys``) from pillar to its 0600 file, atomically. Returns what
+    ``envoy.discovery_secret_status`` does.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.discovery_secret_write token
+    """
+    return _lib().discovery_credentials.write(_host(kwargs), _pillar_envoy(), kind)
+
+
+@_salt_errors
+def discovery_secret_remove(kind, **kwargs):
+    """
+    Remove this host's registration token (``kind=token``) or the token keys (``kind=keys``) file
+    (the clean path). True when there was one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call envoy.discovery_secret_remove token
+    """
+    return _lib().discovery_credentials.remove(_host(kwargs), kind)
+
+
 @_salt_errors
 def discovery_server_command(**kwargs):
     """

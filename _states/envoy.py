@@ -1,6 +1,7 @@
 """
 States for Envoy: ``envoy.bundle_installed``, ``envoy.config_managed``, ``envoy.running`` (with
 ``mod_watch``), ``envoy.dead``, and for discovery ``envoy.registered``, ``envoy.deregistered``,
+``envoy.discovery_secret_managed``, ``envoy.discovery_secret_absent``,
 ``envoy.discovery_server_running``, ``envoy.discovery_server_dead``, and for mesh TLS
 ``envoy.mesh_ca_trusted``, ``envoy.mesh_secrets_published``, ``envoy.mesh_ca_published`` (beside
 Salt's own ``x509`` states, which make the keys and get the certificates signed).
@@ -460,6 +461,55 @@ def deregistered(name):
         return ret
     out = __salt__["envoy.deregister"]()
     ret["comment"] = f"deregistered from {out['url']}: " + ", ".join(out["deregistered"])
+    return ret
+
+
+@_failures_as_result
+def discovery_secret_managed(name, kind, required=False):
+    """
+    A secret of authenticated registration in its 0600 file, as pillar has it: ``kind: token``
+    (this host's registration token) or ``kind: keys`` (a discovery server's token keys), both
+    issued by the master's ``envoy_discovery`` ext_pillar. The value never appears in the state's
+    arguments, changes, comment or the minion's log. Without a value in pillar the file is left as
+    it is (one failed issue must not wipe a fleet's proofs); ``required``: that is a failure.
+    """
+    ret = _ret(name)
+    status = __salt__["envoy.discovery_secret_status"](kind)
+    what = {"token": "the registration token", "keys": "the token keys"}[kind]
+    if not status["in_pillar"]:
+        if required and not status["present"]:
+            ret.update(result=False, comment=f"{what} is needed (envoy:discovery:auth:mode is not off), but pillar "
+                                             f"has none and {status['path']} does not exist: configure the master's "
+                                             "envoy_discovery ext_pillar (docs/discovery.md, Who may register what)")
+        else:
+            ret["comment"] = f"pillar holds no value for {what}: {status['path']} left as it is"
+        return ret
+    if status["current"]:
+        ret["comment"] = f"{what} in {status['path']} is current"
+        return ret
+    ret["changes"] = {"written": status["path"]}  # where, never what
+    if __opts__["test"]:
+        ret.update(result=None, comment=f"{what} would be written to {status['path']} (0600)")
+        return ret
+    __salt__["envoy.discovery_secret_write"](kind)
+    ret["comment"] = f"{what} written to {status['path']} (0600)"
+    return ret
+
+
+@_failures_as_result
+def discovery_secret_absent(name, kind):
+    """No registration token (``kind: token``) or token keys (``kind: keys``) file: the clean path."""
+    ret = _ret(name)
+    status = __salt__["envoy.discovery_secret_status"](kind)
+    if not status["present"]:
+        ret["comment"] = f"{status['path']} is absent"
+        return ret
+    ret["changes"] = {"removed": status["path"]}
+    if __opts__["test"]:
+        ret.update(result=None, comment=f"{status['path']} would be removed")
+        return ret
+    __salt__["envoy.discovery_secret_remove"](kind)
+    ret["comment"] = f"removed {status['path']}"
     return ret
 
 

@@ -12,8 +12,11 @@ today) stay per worker.
 import mmap
 from collections import defaultdict
 
+from envoy_formula.discovery_tokens import REASONS as AUTH_REASONS
+
 HELP = {
-    "discovery_registrations_total": ("counter", "Registrations (heartbeats included) by result."),
+    "discovery_registrations_total": ("counter", "Registrations (heartbeats included) by result "
+                                      "(forbidden: refused by --auth enforce)."),
     "discovery_deregistrations_total": ("counter", "Hosts removed through DELETE."),
     "discovery_eds_requests_total": ("counter", "v3 REST EDS requests by result (not_modified: answered 304)."),
     "discovery_sweeps_total": ("counter", "Sweeps of expired hosts run."),
@@ -21,25 +24,34 @@ HELP = {
     "discovery_sweeps_held_total": ("counter", "Service sweeps held by the sweep guard (nothing deleted)."),
     "discovery_errors_total": ("counter", "Requests failed on the store (503) by operation."),
     "discovery_view_builds_total": ("counter", "EDS answers built from the store (cache misses)."),
+    "discovery_early_expiries_total": ("counter", "Hosts given an early expiry by an operator (POST /v1/expire)."),
+    "discovery_auth_verified_total": ("counter", "Requests whose registration or operator token checked out."),
+    "discovery_auth_refused_total": ("counter", "Requests refused with 403 by --auth enforce, by reason."),
+    "discovery_auth_audited_total": ("counter", "Requests --auth audit would have refused (served anyway), "
+                                     "by reason."),
     "discovery_hosts": ("gauge", "Live (unexpired) hosts per service."),
     "discovery_held_hosts": ("gauge", "Expired hosts the sweep guard keeps visible, per held service."),
 }
 
 OPERATIONS = ("register", "list", "deregister", "eds", "healthcheck", "metrics", "sweep", "sweep_service",
-              "other")
+              "expire", "other")
 # Every counter series the service has, in a fixed order: its slot in each worker's row.
 SERIES = (
-    [("discovery_registrations_total", (("result", r),)) for r in ("ok", "rejected")]
+    [("discovery_registrations_total", (("result", r),)) for r in ("ok", "rejected", "forbidden")]
     + [("discovery_deregistrations_total", ()), ("discovery_sweeps_total", ()),
        ("discovery_swept_hosts_total", ()), ("discovery_sweeps_held_total", ()),
-       ("discovery_view_builds_total", ())]
+       ("discovery_view_builds_total", ()), ("discovery_early_expiries_total", ()),
+       ("discovery_auth_verified_total", ())]
+    + [(name, (("reason", r),)) for name in ("discovery_auth_refused_total", "discovery_auth_audited_total")
+       for r in AUTH_REASONS]
     + [("discovery_eds_requests_total", (("result", r),)) for r in ("ok", "not_modified", "rejected")]
     + [("discovery_errors_total", (("operation", op),)) for op in OPERATIONS]
 )
 SLOTS = {key: index for index, key in enumerate(SERIES)}
 # Shown at 0 before the first event.
 ALWAYS_SHOWN = ("discovery_deregistrations_total", "discovery_sweeps_total", "discovery_swept_hosts_total",
-                "discovery_sweeps_held_total", "discovery_view_builds_total")
+                "discovery_sweeps_held_total", "discovery_view_builds_total", "discovery_early_expiries_total",
+                "discovery_auth_verified_total")
 
 
 def _labels(labels):

@@ -23,10 +23,19 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
+from envoy_formula.discovery_tokens import KeysError
 
 from discovery import eds
+from discovery.auth import MODES as AUTH_MODES
+from discovery.auth import Authenticator
 from discovery.metrics import Metrics, shared_block
-from discovery.model import InvalidRegistration, parse_endpoint, parse_registration, validate_service
+from discovery.model import (
+    InvalidRegistration,
+    parse_endpoint,
+    parse_registration,
+    validate_ip,
+    validate_service,
+)
 from discovery.store import SqliteStore, StoreError, open_store
 from discovery.views import SweepGuard, Views
 
@@ -41,6 +50,9 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STORE, TTL, ENV, METRICS = web.AppKey("store", object), web.AppKey("ttl", float), \
     web.AppKey("env", str), web.AppKey("metrics", Metrics)
 VIEWS, OPTIONS, HELD = web.AppKey("views", Views), web.AppKey("options", object), web.AppKey("held", dict)
+AUTH = web.AppKey("auth", Authenticator)
+REFUSED = {"register": "registration refused", "deregister": "deregistration refused",
+           "operator": "operator action refused"}
 
 
 def json_response(payload, status=200):
@@ -49,6 +61,11 @@ def json_response(payload, status=200):
 
 def error(status, message, **extra):
     return json_response({"error": message, **extra}, status=status)
+
+
+def forbidden(operation, failure):
+    """403 with what was wrong (never the token itself)."""
+    return error(403, f"{REFUSED[operation]}: {failure}", reason=failure.reason)
 
 
 def live_since(app):
@@ -88,6 +105,10 @@ async def register(request):
     except (ValueError, web.HTTPException) as exc:  # undecodable or oversized body
         metrics.inc("discovery_registrations_total", result="rejected")
         return error(400, f"body: not a registration form ({exc})", field="body")
+    failure = request.app[AUTH].refusal(request, "register", host.service, host.ip_address)
+    if failure:
+        metrics.inc("discovery_registrations_total", result="forbidden")
+        return forbidden("register", failure)
     if await request.app[STORE].register(host, since=live_since(request.app)):
         request.app[VIEWS].invalidate(host.service)
     metrics.inc("discovery_registrations_total", result="ok")
@@ -109,6 +130,9 @@ async def deregister(request):
         ip, port = parse_endpoint(request.match_info["endpoint"])
     except InvalidRegistration as exc:
         return error(400, str(exc), field=exc.field)
+    failure = request.app[AUTH].refusal(request, "deregister", service, ip)
+    if failure:
+        return forbidden("deregister", failure)
     deleted = await request.app[STORE].deregister(service, ip, port)
     request.app[METRICS].inc("discovery_deregistrations_total", deleted)
     if not deleted:
@@ -165,7 +189,9 @@ async def sweep_once(app, services=None, force=False):
     of the guard. Returns the per-service results."""
     options, metrics = app[OPTIONS], app[METRICS]
     since = live_since(app)
-    fleet_held = not force and options.guard.holds(*await app[STORE].fleet_stats(since))
+    # The worker's fleet-wide hold (released only a grace after the share fell, see Views), or the
+    # share now if this worker's views have not polled it yet.
+    fleet_held = not force and (app[VIEWS].fleet_held or options.guard.holds(*await app[STORE].fleet_stats(since)))
     results = await app[STORE].guarded_sweep(since, since - options.sweep_grace, options.guard,
                                              services=services, force=force, fleet_held=fleet_held)
     metrics.inc("discovery_sweeps_total")
@@ -195,6 +221,9 @@ async def sweep_once(app, services=None, force=False):
 async def force_sweep(request):
     """``POST /v1/sweep[/<service>][?force=true]``: run a sweep now; with ``force`` the guard is
     ignored and every expired host of those services is deleted (the operator's release)."""
+    failure = request.app[AUTH].refusal(request, "operator")
+    if failure:
+        return forbidden("operator", failure)
     service = request.match_info.get("service")
     if service is not None:
         try:
@@ -209,6 +238,38 @@ async def force_sweep(request):
     return json_response({"forced": force, "services": [
         {"service": r.service, "hosts": r.total, "expired": r.expired, "deleted": r.deleted, "held": r.held}
         for r in results]})
+
+
+async def expire_hosts(request):
+    """``POST /v1/expire`` (an operator: the master's presence cleanup): JSON ``{"ips": [...],
+    "idle_for": seconds, "reason": text}``. The live hosts on those addresses expire ``idle_for``
+    seconds after their last check-in instead of a TTL after it: at once if they have been silent
+    that long, else then, unless they check in again (a host still heartbeating is never lost).
+    Expired hosts are hidden and swept like any others, sweep guard included."""
+    app = request.app
+    failure = app[AUTH].refusal(request, "operator")
+    if failure:
+        return forbidden("operator", failure)
+    try:
+        body = await request.json()
+        ips = sorted({validate_ip(ip) for ip in body["ips"]})
+        idle_for = float(body.get("idle_for", 0))
+        reason = str(body.get("reason", ""))[:200]
+        if idle_for < 0:
+            raise ValueError("idle_for: must be >= 0 seconds")
+    except (ValueError, KeyError, TypeError, InvalidRegistration) as exc:
+        return error(400, f"expected JSON {{\"ips\": [addresses], \"idle_for\": seconds}}: {exc}")
+    hosts = await app[STORE].shorten(ips, since=live_since(app), by=app[TTL] - idle_for)
+    for service in {host.service for host in hosts}:
+        app[VIEWS].invalidate(service)
+    app[METRICS].inc("discovery_early_expiries_total", len(hosts))
+    now = time.time()
+    expiring = [{"service": h.service, "ip": h.ip_address, "port": h.port,
+                 "expires_in": round(max(0.0, h.last_check_in + app[TTL] - now), 3)} for h in hosts]
+    log.warning("early expiry of %d host(s) on %s, %gs after their last check-in (%s, from %s): %s", len(hosts),
+                ", ".join(ips), idle_for, reason or "no reason given", request.remote,
+                ", ".join(f"{e['service']} {e['ip']}:{e['port']} in {e['expires_in']:g}s" for e in expiring) or "none")
+    return json_response({"expiring": expiring})
 
 
 def background(interval, sweeper):
@@ -252,10 +313,13 @@ class Options:
 
 
 def create_app(store, ttl=DEFAULT_TTL, env="production", sweep_interval=None, *, guard=None, sweep_grace=None,
-               check_interval=DEFAULT_CHECK_INTERVAL, not_modified=True, metrics=None, sweeper=True):
+               check_interval=DEFAULT_CHECK_INTERVAL, not_modified=True, metrics=None, sweeper=True, auth=None):
+    """``auth``: an :class:`Authenticator` (default: off)."""
     app = web.Application(middlewares=[store_errors], client_max_size=MAX_BODY)
     guard = guard or SweepGuard()
     app[STORE], app[TTL], app[ENV], app[METRICS] = store, float(ttl), env, metrics or Metrics()
+    app[AUTH] = auth or Authenticator()
+    app[AUTH].metrics = app[METRICS]
     app[OPTIONS] = options = Options(guard, float(ttl) / 2 if sweep_grace is None else float(sweep_grace),
                                      not_modified)
     app[VIEWS] = Views(store, ttl, guard, check_interval, grace=options.sweep_grace, metrics=app[METRICS])
@@ -266,6 +330,7 @@ def create_app(store, ttl=DEFAULT_TTL, env="production", sweep_interval=None, *,
     app.router.add_delete("/v1/registration/{service}/{endpoint}", deregister, name="deregister")
     app.router.add_post("/v1/sweep", force_sweep, name="sweep")
     app.router.add_post("/v1/sweep/{service}", force_sweep, name="sweep_service")
+    app.router.add_post("/v1/expire", expire_hosts, name="expire")
     app.router.add_post("/v3/discovery:endpoints", endpoints, name="eds")
     app.router.add_get("/healthcheck", healthcheck, name="healthcheck")
     app.router.add_get("/metrics", metrics_page, name="metrics")
@@ -333,13 +398,27 @@ def parse_args(argv):
                                                 f"(default {DEFAULT_CHECK_INTERVAL:g})")
     parser.add_argument("--not-modified", action=argparse.BooleanOptionalAction, default=True,
                         help="answer 304 to an EDS request that already has the current version (default on)")
+    parser.add_argument("--auth", choices=AUTH_MODES, default="off",
+                        help="registrations and deregistrations must carry a registration token (docs/discovery.md): "
+                             "audit checks, counts and logs but accepts; enforce refuses with 403 (default off)")
+    parser.add_argument("--auth-keys-file", metavar="PATH",
+                        help="'<key id> <secret>' per line: the keys tokens are signed with (re-read when it changes)")
+    parser.add_argument("--auth-peer-check", action=argparse.BooleanOptionalAction, default=True,
+                        help="a registered address must be the address the request came from (default on; off "
+                             "only behind NAT, where tokens must carry addresses pinned in pillar)")
     parser.add_argument("--env", default="production", help="the `env` GET /v1/registration answers")
     parser.add_argument("--pidfile", help="write the pid here; removed on clean exit")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if args.workers > 1 and not (args.redis or (args.sqlite and args.sqlite != ":memory:")):
         parser.error("--workers > 1 needs a store the workers share: --redis URL or --sqlite PATH")
+    if args.auth != "off" and not args.auth_keys_file:
+        parser.error(f"--auth {args.auth} needs --auth-keys-file")
     return args
+
+
+def authenticator(args, metrics=None):
+    return Authenticator(args.auth, args.auth_keys_file, peer_check=args.auth_peer_check, metrics=metrics)
 
 
 def write_pidfile(path):
@@ -351,10 +430,14 @@ def write_pidfile(path):
 
 def app_from_args(args, metrics=None, sweeper=True):
     store = open_store(redis_url=args.redis, sqlite_path=args.sqlite)
+    return app_with_store(args, store, metrics=metrics, sweeper=sweeper)
+
+
+def app_with_store(args, store, metrics=None, sweeper=True):
     guard = SweepGuard(args.sweep_guard, args.sweep_guard_min)
     return create_app(store, args.ttl, args.env, args.sweep_interval, guard=guard, sweep_grace=args.sweep_grace,
                       check_interval=args.cache_check_interval, not_modified=args.not_modified,
-                      metrics=metrics, sweeper=sweeper)
+                      metrics=metrics, sweeper=sweeper, auth=authenticator(args))
 
 
 def reuseport_socket(host, port):
@@ -388,7 +471,7 @@ def run_worker(args, index, sock, block, parent):
     metrics = Metrics(block, row=index, rows=args.workers)
     try:
         app = app_from_args(args, metrics=metrics, sweeper=index == 0)
-    except StoreError as exc:
+    except (StoreError, KeysError) as exc:
         log.error("worker %d: %s", index, exc)
         return 2
     try:
@@ -473,23 +556,21 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        # Opened here to fail fast on a bad path or URL; workers open their own after the fork.
+        # Opened here to fail fast on a bad path or URL (or keys file); workers open their own after the fork.
         probe = open_store(redis_url=args.redis, sqlite_path=args.sqlite)
-    except StoreError as exc:
+        authenticator(args)
+    except (StoreError, KeysError) as exc:
         print(f"envoy-discovery: {exc}", file=sys.stderr)
         return 2
     if args.pidfile:
         write_pidfile(args.pidfile)
     host, port = args.listen
-    log.info("listening on %s:%d, store %s, ttl %gs, %d worker(s), sweep guard %g of a service's hosts (min %d)",
-             host, port, args.redis or args.sqlite or ":memory:", args.ttl, args.workers, args.sweep_guard,
-             args.sweep_guard_min)
+    log.info("listening on %s:%d, store %s, ttl %gs, %d worker(s), sweep guard %g of a service's hosts (min %d), "
+             "auth %s", host, port, args.redis or args.sqlite or ":memory:", args.ttl, args.workers, args.sweep_guard,
+             args.sweep_guard_min, args.auth)
     try:
         if args.workers == 1:
-            guard = SweepGuard(args.sweep_guard, args.sweep_guard_min)
-            app = create_app(probe, args.ttl, args.env, args.sweep_interval, guard=guard,
-                             sweep_grace=args.sweep_grace, check_interval=args.cache_check_interval,
-                             not_modified=args.not_modified)
+            app = app_with_store(args, probe)
             web.run_app(app, host=host, port=port, access_log=None, print=None, handle_signals=True)
             return 0
         if isinstance(probe, SqliteStore):

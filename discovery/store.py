@@ -15,7 +15,7 @@ heartbeat that only refreshes ``last_check_in`` of a live host changes nothing a
 
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 
@@ -80,6 +80,13 @@ class Store:
         expired) delete nothing (held); otherwise
         delete the hosts checked in before ``delete_before`` (``expired_before`` when forced).
         Atomic per service: a host checking in meanwhile is never deleted."""
+        raise NotImplementedError
+
+    async def shorten(self, ips: list[str], since: float, by: float) -> list[Host]:
+        """The live hosts (checked in at or after ``since``) on ``ips``: their last check-in now
+        counts ``by`` seconds less, so they expire that much sooner unless they check in again (which
+        gives them the full TTL back). Expired ones are hidden and swept like any others, sweep guard
+        included. Returns them as changed."""
         raise NotImplementedError
 
     async def changes(self, after: int | None) -> tuple[int, list[str] | None]:
@@ -235,6 +242,23 @@ class SqliteStore(Store):
             return results
         return self._transaction(body)
 
+    async def shorten(self, ips, since, by):
+        def body():
+            marks = ",".join("?" * len(ips))
+            rows = self._run(f"SELECT record FROM hosts WHERE ip IN ({marks}) AND last_check_in >= ?",
+                             (*ips, since)).fetchall()
+            changed = []
+            for (record,) in rows:
+                host = Host.from_json(record)
+                changed.append(replace(host, last_check_in=host.last_check_in - by))
+            for host in changed:
+                self._run("UPDATE hosts SET last_check_in = ?, record = ? WHERE service = ? AND ip = ? AND port = ?",
+                          (host.last_check_in, host.to_json(), host.service, host.ip_address, host.port))
+            for service in {host.service for host in changed}:
+                self._stamp(service)
+            return changed
+        return self._transaction(body) if ips and by > 0 else []
+
     async def changes(self, after):
         (current,) = self._run("SELECT COALESCE(MAX(gen), 0) FROM generations").fetchone()
         if after is None or current < after:
@@ -309,6 +333,26 @@ return {total, expired, deleted, held}
 """
 
 
+# One service: each member still seen at or after ARGV[2] and still holding the record read
+# (ARGV[i + 1]) gets its shortened record (ARGV[i + 2]) and check-in time (ARGV[i + 3]); the service
+# is stamped if any changed. ARGV: service, since, then (member, record read, new record, new time)
+# quadruples. Returns the members changed (one that checked in meanwhile is not).
+SHORTEN_LUA = """
+local changed = {}
+for i = 3, #ARGV, 4 do
+  local seen = redis.call('ZSCORE', KEYS[2], ARGV[i])
+  if seen and tonumber(seen) >= tonumber(ARGV[2]) and redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    redis.call('ZADD', KEYS[2], ARGV[i + 3], ARGV[i])
+    redis.call('ZADD', KEYS[6], ARGV[i + 3], ARGV[1] .. '|' .. ARGV[i])
+    table.insert(changed, ARGV[i])
+  end
+end
+if #changed > 0 then redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[1]) end
+return changed
+"""
+
+
 class RedisStore(Store):
     """
     Per service: a hash ``<prefix>hosts:<service>`` (ip:port -> JSON record) and a sorted set
@@ -326,6 +370,7 @@ class RedisStore(Store):
         self.register_script = self.redis.register_script(REGISTER_LUA)
         self.deregister_script = self.redis.register_script(DEREGISTER_LUA)
         self.sweep_script = self.redis.register_script(SWEEP_SERVICE_LUA)
+        self.shorten_script = self.redis.register_script(SHORTEN_LUA)
 
     def _keys(self, service):
         return (f"{self.prefix}hosts:{service}", f"{self.prefix}seen:{service}", f"{self.prefix}services",
@@ -405,6 +450,23 @@ class RedisStore(Store):
             if total or deleted:
                 results.append(SweepResult(service, total, expired, deleted, bool(held)))
         return results
+
+    async def shorten(self, ips, since, by):
+        wanted, changed = set(ips), []
+        if by <= 0:
+            return changed
+        for service in await self._services():
+            records = await self._do(self.redis.hgetall(self._keys(service)[0]))
+            args, hosts = [], {}
+            for member, record in records.items():
+                host = Host.from_json(record)
+                if host.ip_address in wanted and host.last_check_in >= since:
+                    hosts[member] = replace(host, last_check_in=host.last_check_in - by)
+                    args += [member, record, hosts[member].to_json(), hosts[member].last_check_in]
+            if args:
+                done = await self._do(self.shorten_script(keys=list(self._keys(service)), args=[service, since, *args]))
+                changed += [hosts[member] for member in done]
+        return changed
 
     async def changes(self, after):
         pipe = self.redis.pipeline(transaction=True)

@@ -26,6 +26,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from envoy_formula import discovery_guard
+
 from discovery import eds
 from discovery.store import StoreError
 
@@ -43,7 +45,7 @@ class SweepGuard:
     def holds(self, total, expired, fleet_held=False):
         if fleet_held and expired:
             return True
-        return expired > self.min_hosts and expired > self.fraction * total
+        return discovery_guard.holds(total, expired, self.fraction, self.min_hosts)
 
 
 @dataclass
@@ -107,6 +109,7 @@ class Views:
         self.generation = None      # the store's stamp high-water mark seen by the last poll
         self.last_poll_ok = -math.inf
         self.fleet_held = False     # most of the whole fleet stopped checking in: hold every service
+        self.fleet_calm_since = None  # when a fleet-wide hold's share fell back under the threshold
         self.failing = False        # the last stamp poll failed
 
     def fresh(self):
@@ -147,6 +150,23 @@ class Views:
         stored = await self.store.all_hosts(service)
         return visible_hosts(stored, self.clock() - self.ttl, self.guard, self.fleet_held, self.grace)[0]
 
+    def fleet_hold(self, over, now):
+        """Whether the fleet-wide hold is on, given whether the share of expired hosts is ``over``
+        the threshold now. It is released ``grace`` after the share fell back under it, not at
+        once: when check-ins resume after an outage the hosts come back over a heartbeat interval,
+        and a service whose hosts are not back yet (a single-host service) would otherwise be
+        emptied in between (its hosts expired long ago, so past their own grace)."""
+        if over:
+            self.fleet_calm_since = None
+            return True
+        if not self.fleet_held:
+            return False
+        if self.fleet_calm_since is None:
+            self.fleet_calm_since = now
+            log.warning("sweep guard: check-ins resumed fleet-wide; the fleet-wide hold ends in %gs unless the "
+                        "share of expired hosts rises again", self.grace)
+        return now - self.fleet_calm_since < self.grace
+
     async def poll(self):
         """One stamp poll: drop the entries of services changed since the last one."""
         generation, changed = await self.store.changes(self.generation)
@@ -156,8 +176,9 @@ class Views:
             for service in changed:
                 self.invalidate(service)
         self.generation = generation
-        total, expired = await self.store.fleet_stats(self.clock() - self.ttl)
-        fleet_held = self.guard.holds(total, expired)
+        now = self.clock()
+        total, expired = await self.store.fleet_stats(now - self.ttl)
+        fleet_held = self.fleet_hold(self.guard.holds(total, expired), now)
         if fleet_held != self.fleet_held:
             log.warning("sweep guard: %s fleet-wide: %d of %d hosts expired", "holding every service" if fleet_held
                         else "released", expired, total)

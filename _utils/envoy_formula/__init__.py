@@ -33,7 +33,8 @@ MODULES = (
     "config_render", "config_validate", "config_file", "config_files", "config_changes", "rejected_inputs",
     "admin_api", "restarter_status", "supervisor", "preflight", "lifecycle", "highstate_record", "status_report",
     "xds_acceptance", "xds_apply", "config_apply",
-    "discovery_registration", "discovery_daemon", "mesh_identity",
+    "discovery_tokens", "discovery_guard", "discovery_credentials", "discovery_issuer", "discovery_registration",
+    "discovery_presence", "discovery_daemon", "mesh_identity",
     "config_drift", "traffic_sample", "report_summary",
     "fleet_report", "burndown", "report_html", "dashboards", "prometheus_config",
 )

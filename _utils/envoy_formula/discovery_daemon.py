@@ -20,14 +20,29 @@ def paths(host):
             "log_file": os.path.join(host["log_dir"], "envoy-discovery.log")}
 
 
+# Server options pillar sets only when it sets them: left out, the service's own defaults hold.
+OPTIONAL = (("sweep_grace", "--sweep-grace"), ("sweep_interval", "--sweep-interval"))
+
+
 def command(host):
-    server = host["discovery"]["server"]
+    """The daemon's argv from ``envoy:discovery:server`` (and ``auth``). Never a secret: the keys
+    are in ``keys_file``, which the daemon reads (and re-reads when it changes) itself."""
+    server, auth = host["discovery"]["server"], host["discovery"]["auth"]
     argv = [str(server["command"]), "--listen", str(server["listen"]), "--ttl", str(server["ttl"]),
-            "--env", str(server["env"]), "--pidfile", paths(host)["pidfile"]]
+            "--env", str(server["env"]), "--pidfile", paths(host)["pidfile"],
+            "--workers", str(server["workers"]), "--sweep-guard", str(server["sweep_guard"]),
+            "--sweep-guard-min", str(server["sweep_guard_min"])]
+    for key, option in OPTIONAL:
+        if server.get(key) is not None:
+            argv += [option, str(server[key])]
     if server.get("redis"):
         argv += ["--redis", str(server["redis"])]
     else:
         argv += ["--sqlite", server["sqlite"]]
+    if auth["mode"] != "off":
+        argv += ["--auth", auth["mode"], "--auth-keys-file", server["keys_file"]]
+        if not auth["peer_check"]:
+            argv.append("--no-auth-peer-check")
     return argv
 
 
@@ -41,10 +56,13 @@ def running_pid(host):
 
 
 def status(host):
+    """``command``: what pillar wants; ``running_command``: what the running daemon was started with."""
     argv = command(host)
     pid = running_pid(host)
-    current = pid is not None and _options(processes.cmdline(pid)) == argv[1:]
-    return {"running": pid is not None, "pid": pid, "current": current, "command": argv, **paths(host)}
+    running = processes.cmdline(pid) if pid is not None else None
+    current = running is not None and _options(running) == argv[1:]
+    return {"running": pid is not None, "pid": pid, "current": current, "command": argv,
+            "running_command": running, **paths(host)}
 
 
 def stop(host, timeout=10):

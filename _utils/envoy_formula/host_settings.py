@@ -64,14 +64,32 @@ RESTART_DEFAULTS = {
 RESTART_KEYS = ("drain_time_s", "parent_shutdown_time_s", *RESTART_DEFAULTS)
 
 DISCOVERY_DEFAULTS = {
-    "url": None,        # registration base URL; default http://<address>
-    "address": None,    # host:port where Envoy and hosts reach the discovery service
+    "url": None,        # registration base URL, or a list of them; default http://<address> for each
+    # host:port where Envoy and hosts reach the discovery service, or a list of host:port: several
+    # instances sharing one Redis (Envoy retries a failed fetch on another, hosts register with any)
+    "address": None,
     "register": {"enabled": True, "ip": None, "tags": {}, "revision": None, "timeout": 5,
                  "minutes": 1, "seconds": None, "splay": 20, "schedule_offline": None},
+    # Authenticated registration (docs/discovery.md, "Who may register what"). The token itself
+    # (envoy:discovery:auth:token) and the servers' keys (envoy:discovery:server:auth_keys) come from
+    # the master's ext_pillar and are deliberately left out of these settings: they never reach a
+    # state's arguments, a schedule's job or `envoy.settings` output.
+    "auth": {
+        "mode": "off",       # the servers: off | audit (check, count, log, accept) | enforce (403)
+        "services": [],      # read by the master (ext_pillar): what this minion may register
+        "addresses": [],     # read by the master: pinned addresses (default: the minion's own ipv4 grains)
+        "token_file": None,  # default <config_dir>/discovery/token (0600)
+        "peer_check": True,  # the servers: a registered ip must be the address the request came from
+    },
     "server": {"hosts": None, "listen": "0.0.0.0:8080", "ttl": 600, "redis": None,
                "sqlite": "/var/lib/envoy-discovery/hosts.sqlite3", "command": "envoy-discovery",
-               "env": "production"},
+               "env": "production", "workers": 1, "sweep_guard": 0.5, "sweep_guard_min": 1,
+               "sweep_grace": None, "sweep_interval": None,
+               "keys_file": None},   # default <config_dir>/discovery/keys (0600)
 }
+AUTH_MODES = ("off", "audit", "enforce")
+# Pillar values the formula reads only where it writes them to their 0600 files.
+DISCOVERY_SECRETS = (("auth", "token"), ("server", "auth_keys"))
 
 # The fleet report (salt/envoy/report): this host's status summary, published to the Salt mine.
 REPORT_DEFAULTS = {
@@ -180,17 +198,80 @@ def _schedule(pillar):
     return merged
 
 
-def _discovery(pillar, root, schedule_method):
-    merged = _merge(DISCOVERY_DEFAULTS, _section(pillar, "discovery"))
-    if not merged["url"] and merged["address"]:
-        merged["url"] = f"http://{merged['address']}"
-    register, server = merged["register"], merged["server"]
+def _discovery(pillar, root, schedule_method, config_dir):
+    merged = _merge(DISCOVERY_DEFAULTS, _without_secrets(_section(pillar, "discovery")))
+    merged["urls"] = discovery_urls(merged)
+    if not merged["url"] and merged["urls"]:
+        merged["url"] = merged["urls"][0] if len(merged["urls"]) == 1 else list(merged["urls"])
+    register, server, auth = merged["register"], merged["server"], merged["auth"]
     if register["schedule_offline"] is None:
         # Only a running salt-minion applies a schedule change at once; elsewhere (masterless
         # salt-call) the job is written to the minion's schedule file for its next start.
         register["schedule_offline"] = schedule_method != "minion"
     server["sqlite"] = _rooted(root, server["sqlite"])
+    auth["token_file"] = _rooted(root, auth["token_file"]) or os.path.join(config_dir, "discovery", "token")
+    server["keys_file"] = _rooted(root, server["keys_file"]) or os.path.join(config_dir, "discovery", "keys")
+    _check_discovery(merged)
     return merged
+
+
+def _without_secrets(discovery):
+    out = copy.deepcopy(discovery)
+    for section, key in DISCOVERY_SECRETS:
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out
+
+
+def _listed(value, key):
+    """A string or a list of strings as a list (envoy:discovery:<key> may name several instances)."""
+    if value is None or value == "":
+        return []
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(item, str) and item for item in items):
+        raise EnvoyFormulaError(f"pillar envoy:discovery:{key}={value!r}: expected host:port or a list of them"
+                                if key == "address" else
+                                f"pillar envoy:discovery:{key}={value!r}: expected a URL or a list of URLs")
+    return list(items)
+
+
+def discovery_urls(discovery):
+    """Every registration base URL: ``url`` (one or a list), else http://<address> for each address."""
+    urls = _listed(discovery.get("url"), "url") or [f"http://{a}" for a in _listed(discovery.get("address"), "address")]
+    return [url.rstrip("/") for url in urls]
+
+
+def _number(value, key, low, high=None, whole=False, above=False):
+    """``value`` within [low, high] (``above``: strictly above ``low``), or an error naming the key."""
+    kind = int if whole else (int, float)
+    fits = (not isinstance(value, bool) and isinstance(value, kind)
+            and (value > low if above else value >= low) and (high is None or value <= high))
+    if not fits:
+        wanted = f"a {'whole ' if whole else ''}number {'above' if above else 'from'} {low}" \
+                 + (f" to {high}" if high is not None else "")
+        raise EnvoyFormulaError(f"pillar envoy:discovery:{key}={value!r}: expected {wanted}")
+    return value
+
+
+def _check_discovery(discovery):
+    server, auth = discovery["server"], discovery["auth"]
+    _number(server["workers"], "server:workers", 1, 64, whole=True)
+    _number(server["sweep_guard"], "server:sweep_guard", 0, 1, above=True)  # 1 turns the guard off
+    _number(server["sweep_guard_min"], "server:sweep_guard_min", 0, whole=True)
+    for key in ("ttl", "sweep_grace", "sweep_interval"):
+        if server[key] is not None:
+            _number(server[key], f"server:{key}", 0, above=True)
+    if auth["mode"] is False:  # YAML 1.1 (Salt's loader) reads an unquoted `off` as false
+        auth["mode"] = "off"
+    if auth["mode"] not in AUTH_MODES:
+        raise EnvoyFormulaError(f"pillar envoy:discovery:auth:mode={auth['mode']!r}: expected "
+                                + ", ".join(AUTH_MODES))
+    for key in ("services", "addresses"):
+        if not isinstance(auth[key], list) or not all(isinstance(item, str) and item for item in auth[key]):
+            raise EnvoyFormulaError(f"pillar envoy:discovery:auth:{key}={auth[key]!r}: expected a list of names")
+    if not isinstance(auth["peer_check"], bool):
+        raise EnvoyFormulaError(f"pillar envoy:discovery:auth:peer_check={auth['peer_check']!r}: expected true "
+                                "or false")
 
 
 def _report(pillar, schedule_method):
@@ -275,7 +356,7 @@ def resolve(pillar, lookup=None, grains=None, euid=None, overrides=None):
     host["roles"] = list(pillar.get("roles") or ["sidecar"])
     host["schedule"] = _schedule(pillar)
     host["restart"] = restart_timings(pillar)
-    host["discovery"] = _discovery(pillar, root, host["schedule"]["method"])
+    host["discovery"] = _discovery(pillar, root, host["schedule"]["method"], host["config_dir"])
     host["report"] = _report(pillar, host["schedule"]["method"])
     host["bundle"] = _bundle(pillar, host["keep_releases"])
     host["mesh_tls"] = _mesh_tls(pillar)

@@ -128,6 +128,20 @@ def eds_cluster(name, discovery_cluster="discovery", refresh_delay="1s"):
     }
 
 
+def generated_discovery(instances, retry_port):
+    """(listeners, clusters) of the discovery side the config generator renders for ``instances``
+    (``host:port`` strings): with several, the retrying listener and its two clusters."""
+    from envoy_bundle.configgen import generate
+
+    pillar = {"roles": ["sidecar"], "services": {"probe": {"discovery": "eds"}},
+              "discovery": {"address": list(instances), "retry_port": retry_port}}
+    manifest = ("/etc/envoy/manifest.d/caller.yaml", "service: caller\nupstreams: [{service: probe}]\n")
+    host = {"node_id": "generated", "admin_port": 9901, "log_dir": "/var/log/envoy"}
+    static = yaml.safe_load(generate([manifest], pillar, host))["static_resources"]
+    return ([listener for listener in static["listeners"] if listener["name"] == "discovery_retry"],
+            [cluster for cluster in static["clusters"] if cluster["name"] in ("discovery", "discovery_instances")])
+
+
 def socket_address(port, address="127.0.0.1"):
     return {"socket_address": {"address": address, "port_value": port}}
 

@@ -64,10 +64,13 @@ SCHEDULE_SPLAY = 2
 PYTHON = sys.executable
 
 
-def lab_pillar(lab, tuning=True):
+def lab_pillar(lab, tuning=True, discovery_hosts=("discovery",)):
     """What the network team sets for this fleet, on top of the repo's example pillar; ``tuning``:
-    with :data:`MESH_TUNING` (without it, the example pillar's upstream defaults)."""
-    discovery = lab.address("discovery")
+    with :data:`MESH_TUNING` (without it, the example pillar's upstream defaults);
+    ``discovery_hosts``: the hosts running the discovery service (the first also runs the Zipkin
+    collector)."""
+    discovery = lab.address(discovery_hosts[0])
+    addresses = [f"{lab.address(host)}:{PORTS['discovery']}" for host in discovery_hosts]
     return {"envoy": {
         "lookup": {"supervisor": "daemon"},  # no systemd in the lab hosts
         "schedule": {"method": "minion", "seconds": SCHEDULE_SECONDS, "splay": SCHEDULE_SPLAY},
@@ -77,9 +80,9 @@ def lab_pillar(lab, tuning=True):
             "envoy_args": ["--file-flush-interval-msec=100"],
         },
         "discovery": {
-            "address": f"{discovery}:{PORTS['discovery']}",
+            "address": addresses[0] if len(addresses) == 1 else addresses,
             "register": {"seconds": 10, "splay": 2, "tags": {"az": "lab-1a"}},
-            "server": {"hosts": ["discovery"], "listen": f"0.0.0.0:{PORTS['discovery']}", "ttl": 120,
+            "server": {"hosts": list(discovery_hosts), "listen": f"0.0.0.0:{PORTS['discovery']}", "ttl": 120,
                        "command": str(VENV_BIN / "envoy-discovery")},
         },
         "observability": {
@@ -148,6 +151,11 @@ class LoadRun:
 
 
 class Mesh:
+    # Subclasses with other hosts (tests/helpers/discovery_mesh.py) override these and the hooks
+    # below: state_top, pillar_top, master_config, deploy_apps, converge_groups, wait_path_ready.
+    hosts = HOSTS
+    minions = MINIONS
+
     def __init__(self, workdir, bundle, extra_bundles=(), pillar_overrides=None, tuning=True):
         """``bundle``: (tarball, sha256) every host runs; ``extra_bundles``: more archives the master
         publishes (upgrades); ``pillar_overrides``: merged over :func:`lab_pillar` (with ``tuning``)."""
@@ -156,7 +164,7 @@ class Mesh:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.bundle = bundle
         self.extra_bundles = list(extra_bundles)
-        self.lab = Lab(self.workdir / "lab", HOSTS)
+        self.lab = Lab(self.workdir / "lab", self.hosts)
         self.pillar_overrides = pillar_overrides or {}
         self.timings = {}
 
@@ -182,7 +190,7 @@ class Mesh:
         self.write_master_trees()
         self.lab.install_boot_unit("master", "10-salt-master", f"exec {VENV_BIN}/salt-master -d")
         self.lab.run("master", f"{VENV_BIN}/salt-master -d")
-        for minion in MINIONS:
+        for minion in self.minions:
             self.write_minion_config(minion)
             unit = self.lab.install_boot_unit(minion, "10-salt-minion", f"exec {VENV_BIN}/salt-minion -d")
             self.lab.run(minion, unit)
@@ -197,12 +205,9 @@ class Mesh:
         file_root = master.path("master", "/srv/salt")
         ext = file_root / "ext"
         ext.mkdir(parents=True)
-        for sub in ("_modules", "_states", "_runners", "_utils"):
+        for sub in ("_modules", "_states", "_runners", "_utils", "_pillar"):
             (ext / sub).symlink_to(REPO / sub)
-        (ext / "top.sls").write_text(yaml.safe_dump({"base": {
-            "discovery": ["envoy.discovery", "envoy.schedule"],
-            "edge,foo,bar1,bar2": [{"match": "list"}, "envoy"],
-        }}, sort_keys=False))
+        (ext / "top.sls").write_text(yaml.safe_dump(self.state_top(), sort_keys=False))
         published = file_root / "bundles" / "envoy-bundles"
         published.mkdir(parents=True)
         for tarball, _sha in [self.bundle, *self.extra_bundles]:
@@ -222,16 +227,27 @@ class Mesh:
         tarball, _ = self.bundle
         write_pillar(pillar / "envoy/bundle.sls", tarball, f"{tarball}.sha256", source_prefix="salt://envoy-bundles/")
         self.set_lab_pillar({})
-        (pillar / "top.sls").write_text(
-            "# The lab fleet: every minion gets the network team's pillar; the edge and the sidecars\n"
-            "# their role; per-host settings last.\n"
-            "base:\n"
-            "  '*':\n    - envoy.common\n    - envoy.bundle\n    - lab\n"
-            "  'L@edge':\n    - match: compound\n    - envoy.front\n"
-            "  'foo,bar1,bar2':\n    - match: list\n    - envoy.sidecar\n"
-            "  '{{ grains[\"id\"] }}':\n    - hosts.{{ grains[\"id\"] }}\n    - ignore_missing: true\n")
+        (pillar / "top.sls").write_text(self.pillar_top())
         (pillar / "hosts").mkdir(exist_ok=True)
-        config = {
+        master.path("master", "/etc/salt/master").write_text(yaml.safe_dump(self.master_config()))
+
+    def state_top(self):
+        return {"base": {
+            "discovery": ["envoy.discovery", "envoy.schedule"],
+            "edge,foo,bar1,bar2": [{"match": "list"}, "envoy"],
+        }}
+
+    def pillar_top(self):
+        return ("# The lab fleet: every minion gets the network team's pillar; the edge and the sidecars\n"
+                "# their role; per-host settings last.\n"
+                "base:\n"
+                "  '*':\n    - envoy.common\n    - envoy.bundle\n    - lab\n"
+                "  'L@edge':\n    - match: compound\n    - envoy.front\n"
+                "  'foo,bar1,bar2':\n    - match: list\n    - envoy.sidecar\n"
+                "  '{{ grains[\"id\"] }}':\n    - hosts.{{ grains[\"id\"] }}\n    - ignore_missing: true\n")
+
+    def master_config(self):
+        return {
             "interface": self.lab.address("master"),
             "auto_accept": True,
             "file_roots": {"base": [str(REPO / "salt"), "/srv/salt/ext", "/srv/salt/bundles"]},
@@ -239,14 +255,16 @@ class Mesh:
             "worker_threads": 4,
             "log_level_logfile": "info",
         }
-        master.path("master", "/etc/salt/master").write_text(yaml.safe_dump(config))
 
     def set_lab_pillar(self, overrides):
         """Rewrite the master's ``lab.sls``: :func:`lab_pillar`, the mesh's overrides, then ``overrides``."""
-        data = deep_merge(deep_merge(lab_pillar(self.lab, self.tuning), self.pillar_overrides), overrides)
+        data = deep_merge(deep_merge(self.base_pillar(), self.pillar_overrides), overrides)
         self.lab.path("master", "/srv/pillar/lab.sls").write_text(
             "# The network team's settings for the lab fleet (tests/helpers/mesh.py).\n"
             + yaml.safe_dump(data, sort_keys=False))
+
+    def base_pillar(self):
+        return lab_pillar(self.lab, self.tuning)
 
     def set_host_pillar(self, host, data):
         path = self.lab.path("master", f"/srv/pillar/hosts/{host}.sls")
@@ -330,7 +348,9 @@ class Mesh:
             raise SaltError(f"salt-run {fun} {' '.join(map(str, args))}: {data[-3000:]}")
         return data
 
-    def wait_minions(self, minions=MINIONS, timeout=120):
+    def wait_minions(self, minions=None, timeout=120):
+        minions = minions or self.minions
+
         def answering():
             data = self.salt(",".join(minions), "test.ping", tgt_type="list", timeout=5, check=False)
             return all(data.get(m) is True for m in minions)
@@ -353,12 +373,16 @@ class Mesh:
             raise SaltError(f"highstate failed: {json.dumps(problems, indent=1)[:6000]}")
         return data
 
+    def converge_groups(self):
+        """Highstate order: each Envoy's first EDS fetch finds what it needs."""
+        return [["discovery"], list(BARS), ["foo"], ["edge"]]
+
     def converge(self):
         """sync_all everywhere, then highstates in dependency order (each Envoy's first EDS fetch
         finds what it needs): the discovery service, the bar hosts, foo, the edge."""
-        synced = self.salt(",".join(MINIONS), "saltutil.sync_all", tgt_type="list")
-        assert set(synced) == set(MINIONS), synced
-        for group in (["discovery"], list(BARS), ["foo"], ["edge"]):
+        synced = self.salt(",".join(self.minions), "saltutil.sync_all", tgt_type="list")
+        assert set(synced) == set(self.minions), synced
+        for group in self.converge_groups():
             began = time.monotonic()
             self.highstate(group)
             self.timings[f"highstate_{'+'.join(group)}_s"] = time.monotonic() - began

@@ -40,10 +40,10 @@ class SaltCallError(RuntimeError):
 
 class SandboxHost:
     def __init__(self, base, minion_id="sandbox", pillar=None, admin_port=None, base_id=None,
-                 extra_file_roots=(), pillar_tree=None):
+                 extra_file_roots=(), pillar_tree=None, minion_config=None):
         """``pillar_tree``: a pillar dir laid out like the repo's pillar/ (top.sls targeting
         ``hosts.<minion id>``); this host's sandbox settings then go to ``hosts/<id>.sls`` there
-        instead of a pillar of its own."""
+        instead of a pillar of its own. ``minion_config``: more minion options (e.g. ``ext_pillar``)."""
         self.base = Path(base)
         self.minion_id = minion_id
         self.root = self.base / "root"
@@ -55,7 +55,7 @@ class SandboxHost:
             path.mkdir(parents=True, exist_ok=True)
         # Custom modules reach the minion through the file server, as in a real Salt tree; a small
         # dir of links keeps the repo's .venv out of the file server's walk.
-        for sub in ("_modules", "_states", "_utils"):
+        for sub in ("_modules", "_states", "_runners", "_utils", "_pillar"):
             link = self.ext_dir / sub
             if not link.exists():
                 link.symlink_to(REPO / sub)
@@ -66,6 +66,7 @@ class SandboxHost:
         self.base_id = base_id
         # Tests may serve their own small SLS trees next to the formula (e.g. a static config).
         self.extra_file_roots = [str(p) for p in extra_file_roots]
+        self.minion_config = dict(minion_config or {})
         self.lookup = {
             "root": str(self.root),
             "user": getpass.getuser(),
@@ -100,6 +101,7 @@ class SandboxHost:
             "pillar_roots": {"base": [str(self.pillar_dir)]},
             "log_level_logfile": "debug",
             "state_output": "mixed",
+            **self.minion_config,
         }
         (self.conf_dir / "minion").write_text(yaml.safe_dump(config))
 

@@ -103,9 +103,13 @@ def test_a_registration_outage_empties_no_service_and_heals_itself(stack):
         assert metric(discovery.url, 'discovery_held_hosts{service="solo"}') == 1
         assert metric(discovery.url, "discovery_sweeps_held_total") > 0
         assert metric(discovery.url, "discovery_swept_hosts_total") == 0
+        assert re.search(rf"sweep guard: holding web: \d+ of its {SERVICES['web']} hosts stopped checking in .*"
+                         r"nothing removed", discovery.log_tail(200_000)), discovery.log_tail()
         beats.paused.clear()  # check-ins resume: the hold is released, nothing was lost
         wait_until(lambda: metric(discovery.url, 'discovery_held_hosts{service="web"}') == 0, SEEN_WITHIN,
                    "the hold to be released")
+        wait_until(lambda: "sweep guard: released web" in discovery.log_tail(200_000), SEEN_WITHIN,
+                   "the release to be logged")
     # No service was ever emptied. The guard's bound: while a wave of expiries has not yet reached
     # more than half of a service, those first hosts are hidden (here the hosts' check-ins are
     # milliseconds apart, so Envoy almost never polls inside that window); a service's last host is

@@ -5,29 +5,33 @@ every 0.25-0.5 s on 20 clusters, plus Envoy-size requests from a load client), o
 SIGKILLed: Envoy sees 0 failed EDS fetches (``update_failure``, ``update_rejected``,
 ``update_empty``) and no cluster ever loses an endpoint.
 
-The Envoy side is written by hand here; it is the shape docs/discovery.md recommends. Envoy's REST
-fetcher has no retry of its own (``RestApiFetcher`` sends once through the cluster's async client
-and counts any failure), so the ``discovery`` cluster the EDS configs name points at a loopback
-listener of the same Envoy whose route retries on another instance (``previous_hosts``); the
-instances' cluster has active health checks on ``/healthcheck`` and outlier detection. (An
+The Envoy side is what the config generator renders for several instances (docs/discovery.md, the
+retrying discovery cluster). Envoy's REST fetcher has no retry of its own (``RestApiFetcher`` sends
+once through the cluster's async client and counts any failure), so the ``discovery`` cluster the
+EDS configs name points at a loopback listener of the same Envoy whose route retries on another
+instance (``previous_hosts``); the instances' cluster ejects a dead one by outlier detection. (An
 internal listener would save the port, but xDS fetches run on Envoy's main thread, which has no
 internal listeners: every fetch fails with "connect to previously closed peer".)
 """
 
-import asyncio
-import json
-import random
 import signal
 import subprocess
 import threading
 import time
 
-import aiohttp
 import pytest
 import requests
 import yaml
 
-from tests.helpers.discovery import DiscoveryService, Process, RedisServer, register, wait_until
+from tests.helpers.discovery import (
+    DiscoveryService,
+    Process,
+    RedisServer,
+    generated_discovery,
+    register,
+    wait_until,
+)
+from tests.helpers.eds_load import EdsLoad
 from tests.helpers.net import free_port, wait_for
 
 CLUSTERS = [f"svc-{i:02d}" for i in range(20)]
@@ -46,54 +50,6 @@ def typed(type_name, **fields):
     return {"@type": f"type.googleapis.com/{type_name}", **fields}
 
 
-def discovery_clusters(instance_ports, retry_port, health_interval="0.5s"):
-    """The discovery side of an Envoy: what the formula's config generator should render."""
-    retrying_listener = {  # a loopback listener whose route retries a failed fetch on another instance
-        "name": "discovery_retry",
-        "address": address(retry_port),
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": typed(
-            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            stat_prefix="discovery_retry",
-            route_config={"name": "discovery", "virtual_hosts": [{"name": "discovery", "domains": ["*"], "routes": [{
-                "match": {"prefix": "/"},
-                "route": {"cluster": "discovery_instances", "timeout": "4s", "retry_policy": {
-                    "retry_on": "connect-failure,refused-stream,reset,5xx",
-                    "num_retries": 3,
-                    "per_try_timeout": "1s",
-                    "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
-                                              "typed_config": typed("envoy.extensions.retry.host.previous_hosts.v3"
-                                                                    ".PreviousHostsPredicate")}],
-                    "host_selection_retry_max_attempts": 5,
-                    "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"}}}}]}]},
-            http_filters=[{"name": "envoy.filters.http.router",
-                           "typed_config": typed("envoy.extensions.filters.http.router.v3.Router")}])}]}],
-    }
-    # What the EDS configs name. Priority 0: the retrying loopback listener; priority 1: the
-    # instances directly, used only while priority 0 fails its health checks, which is the case
-    # while Envoy starts (listeners open only after the EDS clusters' first fetch).
-    discovery = {
-        "name": "discovery", "type": "STATIC", "connect_timeout": "0.25s",
-        "load_assignment": {"cluster_name": "discovery", "endpoints": [
-            {"priority": 0, "lb_endpoints": [{"endpoint": {"address": address(retry_port)}}]},
-            {"priority": 1, "lb_endpoints": [{"endpoint": {"address": address(port)}} for port in instance_ports]}]},
-        # no_traffic_interval: the first check (failed: the listener is not open yet) would otherwise
-        # schedule the next one 60 s later (Envoy's no-traffic default).
-        "health_checks": [{"timeout": "1s", "interval": health_interval, "no_traffic_interval": health_interval,
-                           "unhealthy_threshold": 1, "healthy_threshold": 1,
-                           "http_health_check": {"path": "/healthcheck"}}],
-    }
-    instances = {
-        "name": "discovery_instances", "type": "STATIC", "connect_timeout": "0.25s",
-        "load_assignment": {"cluster_name": "discovery_instances", "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": address(port)}} for port in instance_ports]}]},
-        "outlier_detection": {"consecutive_local_origin_failure": 1, "split_external_local_origin_errors": True,
-                              "consecutive_5xx": 3, "interval": "1s", "base_ejection_time": "10s",
-                              "max_ejection_percent": 100},
-        "circuit_breakers": {"thresholds": [{"max_retries": 50}]},
-    }
-    return [retrying_listener], [discovery, instances]
-
-
 def eds_cluster(name, refresh=REFRESH):
     return {"name": name, "type": "EDS", "connect_timeout": "0.25s", "eds_cluster_config": {
         "service_name": name, "eds_config": {"resource_api_version": "V3", "api_config_source": {
@@ -102,7 +58,8 @@ def eds_cluster(name, refresh=REFRESH):
 
 
 def bootstrap(admin_port, instance_ports, clusters, refresh=REFRESH, eds_extra=None, retry_port=None):
-    listeners, base = discovery_clusters(instance_ports, retry_port or free_port())
+    """The discovery side as the config generator renders it, plus ``clusters`` polling every ``refresh``."""
+    listeners, base = generated_discovery([f"127.0.0.1:{port}" for port in instance_ports], retry_port or free_port())
     return {
         "node": {"id": "scale-test", "cluster": "scale-test"},
         "admin": {"address": address(admin_port)},
@@ -132,41 +89,6 @@ class EnvoyProxy(Process):
     def host_counts(self):
         status = requests.get(f"{self.admin}/clusters?format=json", timeout=5).json()
         return {c["name"]: len(c.get("host_statuses", [])) for c in status["cluster_statuses"]}
-
-
-class EdsLoad:
-    """Envoy-size EDS requests (77 KB bodies, 16 connections) to every instance, in a thread."""
-
-    def __init__(self, urls):
-        self.urls, self.stop_event = urls, threading.Event()
-        self.ok = self.errors = 0
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self):
-        extensions = [{"name": f"envoy.extension.{i:04d}", "category": "envoy.filters.http"} for i in range(1000)]
-        bodies = [json.dumps({"node": {"id": "load", "extensions": extensions}, "resource_names": [c],
-                              "type_url": CLA}).encode() for c in CLUSTERS]
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            async def worker(seed):
-                rng = random.Random(seed)
-                while not self.stop_event.is_set():
-                    try:
-                        async with session.post(f"{rng.choice(self.urls)}/v3/discovery:endpoints",
-                                                data=rng.choice(bodies)) as resp:
-                            await resp.read()
-                            self.ok += resp.status == 200
-                    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-                        self.errors += 1  # the killed instance: expected for this client, which has no retry
-                        await asyncio.sleep(0.01)
-            await asyncio.gather(*(worker(i) for i in range(16)))
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_event.set()
-        self.thread.join(timeout=10)
 
 
 class Watch:
@@ -240,7 +162,7 @@ def test_an_instance_killed_under_eds_load_costs_envoy_no_fetch(envoy_bin, workd
         wait_until(lambda: all(envoy.host_counts().get(c) == HOSTS_PER_CLUSTER for c in CLUSTERS), 30,
                    "every EDS cluster to get its hosts from discovery")
         assert failures(envoy) == {}
-        with EdsLoad([i.url for i in instances]) as load, Watch(envoy) as watch:
+        with EdsLoad([i.url for i in instances], CLUSTERS) as load, Watch(envoy) as watch:
             time.sleep(2)
             attempts = sum(v for k, v in envoy.stats("cluster.svc-").items() if k.endswith(".update_attempt"))
             victim = instances[0]
@@ -267,12 +189,14 @@ def test_an_instance_killed_under_eds_load_costs_envoy_no_fetch(envoy_bin, workd
         envoy.stop()
 
 
-def test_the_documented_multi_instance_shape_is_valid_for_the_real_envoy(envoy_bin, tmp_path):
+def test_the_documented_multi_instance_shape_is_what_the_generator_renders(envoy_bin, tmp_path):
     from tests.helpers.discovery import REPO
 
     doc = (REPO / "docs" / "discovery.md").read_text()
     block = doc.split("<!-- envoy-validated-discovery-ha -->", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     shape = yaml.safe_load(block)
+    listeners, clusters = generated_discovery([f"disc-{i}.internal.example:8080" for i in (1, 2, 3)], 9902)
+    assert shape == {"listeners": listeners, "clusters": clusters}
     users = eds_cluster("users", refresh="20s")
     config = tmp_path / "documented-ha.yaml"
     config.write_text(yaml.safe_dump({"node": {"id": "doc-check", "cluster": "doc-check"}, "static_resources": {
@@ -280,5 +204,3 @@ def test_the_documented_multi_instance_shape_is_valid_for_the_real_envoy(envoy_b
     check = subprocess.run([envoy_bin, "--mode", "validate", "-c", str(config)], capture_output=True, text=True,
                            timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    [discovery] = [c for c in shape["clusters"] if c["name"] == "discovery"]
-    assert [e["priority"] for e in discovery["load_assignment"]["endpoints"]] == [0, 1]

@@ -112,6 +112,23 @@ def test_the_sweep_guard_rule(total, expired, held):
     assert SweepGuard(0.5, 1).holds(total, expired, fleet_held=True) is (expired > 0)
 
 
+def test_the_fleet_wide_hold_ends_a_grace_after_check_ins_resume():
+    """Not at once: the hosts of an outage come back over a heartbeat interval, and a single-host
+    service whose host is not back yet would be emptied in between (found on the lab)."""
+    from discovery.views import SweepGuard, Views
+
+    views = Views(store=None, ttl=600, guard=SweepGuard(0.5, 1), grace=300)
+    assert views.fleet_hold(False, 1000) is False
+    views.fleet_held = views.fleet_hold(True, 1000)
+    assert views.fleet_held is True
+    assert views.fleet_hold(False, 2000) is True   # the share fell: the grace starts
+    assert views.fleet_hold(False, 2299) is True
+    assert views.fleet_hold(True, 2100) is True    # rose again: the grace starts over
+    assert views.fleet_hold(False, 2200) is True
+    assert views.fleet_hold(False, 2499) is True
+    assert views.fleet_hold(False, 2500) is False
+
+
 def test_a_held_view_shows_every_stored_host_and_a_live_one_only_live_hosts():
     from discovery.views import SweepGuard, build_view
 

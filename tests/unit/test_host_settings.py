@@ -101,3 +101,44 @@ def test_discovery_url_from_address_and_a_job_carries_its_own_section():
     assert carried["discovery"]["url"] == "http://127.0.0.1:1"
     assert carried["discovery"]["register"]["ip"] == "127.0.0.8"
     assert carried["discovery"]["register"]["schedule_offline"] is True  # not a minion schedule
+
+
+def test_several_instances_give_one_url_each_and_a_carried_job_keeps_them():
+    host = resolve({"discovery": {"address": ["10.0.0.5:8080", "10.0.0.6:8080"]}})
+    assert host["discovery"]["urls"] == ["http://10.0.0.5:8080", "http://10.0.0.6:8080"]
+    carried = resolve({}, discovery=host["discovery"])
+    assert carried["discovery"]["urls"] == host["discovery"]["urls"]
+    assert resolve({"discovery": {"url": ["http://a:1/", "http://b:2"]}})["discovery"]["urls"] == [
+        "http://a:1", "http://b:2"]
+
+
+def test_secrets_from_pillar_never_reach_the_settings():
+    pillar = {"discovery": {"auth": {"token": "edt1.k1.claims.sig", "mode": "audit"},
+                            "server": {"auth_keys": "k1 " + "s" * 40}}}
+    host = resolve(pillar)
+    assert "token" not in host["discovery"]["auth"] and "auth_keys" not in host["discovery"]["server"]
+    assert "edt1" not in repr(host) and "s" * 40 not in repr(host)
+    assert host["discovery"]["auth"]["token_file"] == "/etc/envoy/discovery/token"
+    assert host["discovery"]["server"]["keys_file"] == "/etc/envoy/discovery/keys"
+
+
+def test_an_unquoted_off_is_off():
+    assert resolve({"discovery": {"auth": {"mode": False}}})["discovery"]["auth"]["mode"] == "off"
+
+
+@pytest.mark.parametrize(("discovery", "message"), [
+    ({"server": {"workers": 0}}, "envoy:discovery:server:workers=0: expected a whole number from 1 to 64"),
+    ({"server": {"workers": "2"}}, "envoy:discovery:server:workers='2'"),
+    ({"server": {"sweep_guard": 0}}, "envoy:discovery:server:sweep_guard=0: expected a number above 0 to 1"),
+    ({"server": {"sweep_guard": 1.5}}, "envoy:discovery:server:sweep_guard=1.5"),
+    ({"server": {"sweep_guard_min": -1}}, "envoy:discovery:server:sweep_guard_min=-1"),
+    ({"server": {"sweep_grace": 0}}, "envoy:discovery:server:sweep_grace=0"),
+    ({"auth": {"mode": "strict"}}, "envoy:discovery:auth:mode='strict': expected off, audit, enforce"),
+    ({"auth": {"services": "bar"}}, "envoy:discovery:auth:services='bar': expected a list"),
+    ({"auth": {"peer_check": "no"}}, "envoy:discovery:auth:peer_check='no'"),
+    ({"address": ["10.0.0.5:8080", 7]}, "envoy:discovery:address=['10.0.0.5:8080', 7]: expected host:port"),
+])
+def test_bad_discovery_settings_name_the_pillar_field(discovery, message):
+    with pytest.raises(EnvoyFormulaError) as exc:
+        resolve({"discovery": discovery})
+    assert message in str(exc.value)

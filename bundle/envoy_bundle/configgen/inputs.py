@@ -106,12 +106,23 @@ def check_pillar(pillar, problems):
         else:
             out[name] = None
     check_section_typos(pillar, where)
-    discovery = pillar.get("discovery")
-    out["discovery"] = None
-    if isinstance(discovery, dict) and "address" in discovery:
-        checked = DISCOVERY.fields["address"].spec.check(discovery["address"], ["discovery", "address"], where)
-        out["discovery"] = INVALID if checked is INVALID else {"address": checked}
+    out["discovery"] = check_discovery(pillar.get("discovery"), where)
     return out
+
+
+def check_discovery(discovery, where):
+    """{addresses, retry_port} from `envoy:discovery`, None when it names no address. Only these
+    keys are the generator's; the others are the formula's and are not looked at."""
+    if not isinstance(discovery, dict) or "address" not in discovery:
+        return None
+    out = {}
+    for key, name in (("address", "addresses"), ("retry_port", "retry_port")):
+        field = DISCOVERY.fields[key]
+        if discovery.get(key) is None and field.has_default:
+            out[name] = field.check_default(["discovery", key], where)
+        else:
+            out[name] = field.spec.check(discovery.get(key), ["discovery", key], where)
+    return INVALID if INVALID in out.values() else out
 
 
 def check_section_typos(pillar, where):

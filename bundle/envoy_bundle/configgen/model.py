@@ -54,7 +54,7 @@ class ModelBuilder:
         if tracing:
             self.add_static_cluster("zipkin", tracing["zipkin"]["address"], connect_timeout_ms=1000)
         if any(c.get("eds_service") for c in self.clusters.values()):
-            self.add_static_cluster("discovery", self.discovery["address"], connect_timeout_ms=1000)
+            self.add_discovery()
         if self.net["listeners"].get("stats"):
             self.add_stats_listener(self.net["listeners"]["stats"])
         return {
@@ -111,6 +111,23 @@ class ModelBuilder:
             "endpoints": [(host, port)], "circuit_breakers": None, "outlier": None, "health_check": None,
             "eds_service": None, "tls": None,
         }
+
+    def add_discovery(self):
+        """The `discovery` cluster EDS configs name: the one instance, or with several the retrying
+        shape (templates/discovery.yaml.j2): a loopback listener retrying on another instance."""
+        addresses = self.discovery["addresses"]
+        if len(addresses) == 1:
+            self.add_static_cluster("discovery", addresses[0], connect_timeout_ms=1000)
+            return
+        instances = [split_host_port(address) for address in addresses]
+        kind = "STATIC" if all(is_ipv4(host) for host, _ in instances) else "STRICT_DNS"
+        port = self.discovery["retry_port"]
+        for name in ("discovery", "discovery_instances"):
+            self.clusters[name] = {"name": name, "kind": "discovery_fallback" if name == "discovery" else name,
+                                   "type": kind, "instances": instances, "retry_port": port}
+        # A fetch may try every instance (previous_hosts picks another one for each retry), and one more.
+        self.listeners.append({"kind": "discovery_retry", "name": "discovery_retry", "address": "127.0.0.1",
+                               "port": port, "retries": len(instances)})
 
     def add_catalogue_cluster(self, name, settings, circuit_breakers, health=True):
         """One cluster per catalogue service; the endpoints come from the catalogue or from EDS."""

@@ -27,8 +27,10 @@ import yaml
 BOOTSTRAP = "envoy.yaml"
 CLIENT = "client.json"
 # Clusters the bootstrap itself needs: an API config source must name a static cluster (discovery
-# for EDS), and the tracer's collector lives as long as the bootstrap's tracing settings.
-BOOTSTRAP_CLUSTERS = ("discovery", "zipkin")
+# for EDS, with several instances also the listener retrying fetches and its cluster), and the
+# tracer's collector lives as long as the bootstrap's tracing settings.
+BOOTSTRAP_CLUSTERS = ("discovery", "discovery_instances", "zipkin")
+BOOTSTRAP_LISTENERS = ("discovery_retry",)
 TYPES = {
     "lds": "type.googleapis.com/envoy.config.listener.v3.Listener",
     "cds": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
@@ -98,10 +100,14 @@ def split(effective_text, config_dir):
     """{relative path: text} of files mode, from the effective static bootstrap."""
     effective = yaml.safe_load(effective_text)
     static = effective.get("static_resources", {})
-    listeners = copy.deepcopy(static.get("listeners") or [])
+    every_listener = static.get("listeners") or []
+    listeners = copy.deepcopy([item for item in every_listener if item["name"] not in BOOTSTRAP_LISTENERS])
     clusters = static.get("clusters") or []
     bootstrap = {key: value for key, value in effective.items() if key != "static_resources"}
     bootstrap["static_resources"] = {"clusters": [c for c in clusters if c["name"] in BOOTSTRAP_CLUSTERS]}
+    kept = [item for item in every_listener if item["name"] in BOOTSTRAP_LISTENERS]
+    if kept:
+        bootstrap["static_resources"]["listeners"] = kept
     generation = version_of(bootstrap)[:12]
     route_configs = _route_configs(listeners, config_dir, generation)
     bootstrap["dynamic_resources"] = {"lds_config": file_source(config_dir, lds_path(generation)),

@@ -12,7 +12,7 @@ from .specs import BUILTIN_OVERRIDABLE, MANIFEST, MANIFEST_SECTIONS, STREAM_KNOB
 HTTP_TYPES = ("http", "http2")
 DATABASE_TYPES = ("mongo", "tcp")
 REDIRECT_CODES = (301, 302, 303, 307, 308)
-RESERVED_CLUSTERS = ("discovery", "zipkin", "envoy_admin")
+RESERVED_CLUSTERS = ("discovery", "discovery_instances", "zipkin", "envoy_admin")
 
 
 def dig(tree, path):
@@ -62,7 +62,8 @@ def check_catalogue(services, problems):
     for name, entry in services.items():
         path = ["services", name]
         if name in RESERVED_CLUSTERS or name.startswith("local_"):
-            where.fail(path, "is reserved for the formula's own clusters (discovery, zipkin, envoy_admin, local_*)")
+            where.fail(path, "is reserved for the formula's own clusters (discovery, discovery_instances, zipkin, "
+                             "envoy_admin, local_*)")
         hosts = entry.get("hosts")
         if entry["discovery"] == "eds":
             if hosts:
@@ -372,14 +373,29 @@ def check_roles_fit(manifests, roles, problems):
             [], f"needs the sidecar role, but this host's envoy:roles are {', '.join(roles) or 'empty'}")
 
 
+def uses_eds(manifests, net):
+    """Whether this host gets any cluster from discovery (and so the discovery listener and clusters)."""
+    services, roles, routes = net["services"], net["roles"], net["routes"]
+    if INVALID in (services, roles) or services is None or roles is None:
+        return False
+    names = set()
+    if "sidecar" in roles:
+        for manifest in manifests:
+            for section, key in (("upstreams", "service"), ("databases", "name"), ("caches", "name")):
+                names.update(item[key] for item in manifest.data.get(section) or [])
+    if "front" in roles and routes not in (None, INVALID):
+        names.update(route.get("service") for route in routes)
+    return any((services.get(name) or {}).get("discovery") == "eds" for name in names if name)
+
+
 def check_ports(manifests, net, host, problems):
     """No two listeners (nor a listener and a local app, nor the admin API) on one port."""
     claims = []  # (port, where, field path)
     if host is not None:
         claims.append((host["admin_port"], Where.host(problems), ["admin_port"]))
-    listeners, roles, tls = net["listeners"], net["roles"], net["tls"]
+    listeners, roles, tls, discovery = net["listeners"], net["roles"], net["tls"], net["discovery"]
+    pillar = Where.pillar(problems)
     if listeners not in (None, INVALID) and roles not in (None, INVALID):
-        pillar = Where.pillar(problems)
         if "sidecar" in roles:
             claims.append((listeners["egress"]["port"], pillar, ["listeners", "egress", "port"]))
         if "front" in roles:
@@ -397,6 +413,9 @@ def check_ports(manifests, net, host, problems):
         for section in ("databases", "caches"):
             for index, item in indexed(manifest.data.get(section) or []):
                 claims.append((item["listen_port"], where, [section, index, "listen_port"]))
+    # Last, so a collision names this port (chosen fleet-wide) rather than the host's own.
+    if discovery not in (None, INVALID) and len(discovery["addresses"]) > 1 and uses_eds(manifests, net):
+        claims.append((discovery["retry_port"], pillar, ["discovery", "retry_port"]))
     taken = {}
     for port, where, path in claims:
         if port in taken:

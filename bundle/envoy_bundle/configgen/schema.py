@@ -287,6 +287,31 @@ class ListOf(Spec):
         return CheckedList([c for _, c in kept], [i for i, _ in kept], len(value))
 
 
+class OneOrList(Spec):
+    """One value, or a non-empty list of distinct values, of one spec; checked into a list."""
+
+    def __init__(self, item, max_len, doc=""):
+        self.item, self.max_len, self.doc = item, max_len, doc
+
+    def check(self, value, path, where):
+        if not isinstance(value, list):
+            checked = self.item.check(value, path, where)
+            return INVALID if checked is INVALID else [checked]
+        if not value:
+            where.fail(path, "must not be an empty list")
+            return INVALID
+        items = ListOf(self.item, self.max_len).check(value, path, where)
+        if items is INVALID or items.incomplete:
+            return INVALID
+        seen = set()
+        for index, item in indexed(items):
+            if item in seen:
+                where.fail(list(path) + [index], "is listed twice", item)
+                return INVALID
+            seen.add(item)
+        return list(items)
+
+
 class CheckedDict(dict):
     """The valid entries of a checked mapping; ``invalid``: names of entries already reported as
     bad, so a reference to one is not reported again as missing."""

@@ -17,6 +17,7 @@ from .schema import (
     ListOf,
     Map,
     Number,
+    OneOrList,
     Port,
     Str,
     tunable_paths,
@@ -379,9 +380,14 @@ PILLAR_SECTIONS = {
 }
 # The formula's own keys of pillar `envoy:` (not the generator's; never flagged as typos).
 FORMULA_KEYS = ("lookup", "bundle", "schedule", "restart", "discovery", "register", "registration", "report")
-# Only the address Envoy reaches the discovery service at; the rest of `envoy:discovery` is the
-# discovery engineer's (registration, the service's own settings).
-DISCOVERY = Map({"address": Field(HostPort())})
+# Only where Envoy reaches the discovery service; the rest of `envoy:discovery` is the discovery
+# engineer's (registration, the service's own settings). Several addresses: instances sharing one
+# store, and every Envoy's fetches go through a loopback listener on `retry_port` that retries a
+# failed fetch on another instance (docs/discovery.md, the retrying discovery cluster).
+DISCOVERY = Map({
+    "address": Field(OneOrList(HostPort(), max_len=16)),
+    "retry_port": Field(Port(), default=9902),
+})
 
 HOST = Map({
     "node_id": Field(Str(max_len=255), required=True),

@@ -3,7 +3,11 @@
       manifests serve (an ingress) at once, then heartbeats them with envoy.register every
       `minutes` (default 1), splayed, through the minion's scheduler (and a cron file on cron
       hosts); disabling registration deregisters and removes the heartbeat;
-    - the minions envoy:discovery:server:hosts names run the discovery service as a daemon.
+    - with a registration token from the master (envoy:discovery:auth:token, issued by the
+      envoy_discovery ext_pillar), every registration proves which minion sends it; the token
+      lives in a 0600 file and never in a state's arguments or output;
+    - the minions envoy:discovery:server:hosts names run the discovery service as a daemon, with
+      the token keys in their own 0600 file when envoy:discovery:auth:mode is audit or enforce.
     Applied alone it needs nothing else: callers' Envoys health-check every host they learn from
     discovery, so a registration never sends traffic to a sidecar that is not up yet. In the full
     formula it runs after envoy.service. #}
@@ -11,13 +15,27 @@
 {%- from tplroot ~ "/map.jinja" import envoy with context %}
 {%- set discovery = envoy.discovery %}
 {%- set register = discovery.register %}
+{%- set auth = discovery.auth %}
 {%- set server_hosts = discovery.server.hosts %}
 
 {%- if server_hosts and grains['id'] in server_hosts %}
+{%-   if auth.mode != 'off' %}
+
+# The keys registration tokens are signed with; the running service re-reads the file itself.
+envoy-discovery-server-keys-managed:
+  envoy.discovery_secret_managed:
+    - name: envoy-discovery-keys
+    - kind: keys
+    - required: true
+{%-   endif %}
 
 envoy-discovery-server-running:
   envoy.discovery_server_running:
     - name: envoy-discovery
+{%-   if auth.mode != 'off' %}
+    - require:
+      - envoy: envoy-discovery-server-keys-managed
+{%-   endif %}
 
 {%- elif server_hosts is not none %}
 
@@ -29,11 +47,19 @@ envoy-discovery-server-dead:
 
 {%- if register.enabled and discovery.url %}
 
+# This host's proof for its registrations; needed once the servers enforce it.
+envoy-discovery-token-managed:
+  envoy.discovery_secret_managed:
+    - name: envoy-discovery-token
+    - kind: token
+    - required: {{ (auth.mode == 'enforce') | tojson }}
+
 envoy-discovery-registered:
   envoy.registered:
     - name: envoy-discovery
-    {%- if server_hosts and grains['id'] in server_hosts %}
     - require:
+      - envoy: envoy-discovery-token-managed
+    {%- if server_hosts and grains['id'] in server_hosts %}
       - envoy: envoy-discovery-server-running
     {%- endif %}
 
