@@ -1,15 +1,35 @@
 """Loopback ports and waiting for things to come up."""
 
+import random
 import socket
 import time
 import urllib.request
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel picked for us is one it hands out
+# again as the source port of any outgoing connection, which then holds it when a test's Envoy
+# binds it (CI saw "cannot bind 0.0.0.0:53373: Address already in use").
+_PORT_RANGE = (20000, 32767)
+_given = set()
+
 
 def free_port(host="127.0.0.1"):
-    """A TCP port that is free right now on loopback (the kernel picks it)."""
+    """A TCP port, free right now on ``host`` and on every address, that this test run has not
+    handed out before, outside the ephemeral range."""
+    for _ in range(1000):
+        port = random.randint(*_PORT_RANGE)
+        if port not in _given and _bindable(host, port) and _bindable("0.0.0.0", port):
+            _given.add(port)
+            return port
+    raise RuntimeError(f"no free port in {_PORT_RANGE}")
+
+
+def _bindable(host, port):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def wait_for(predicate, timeout=30.0, interval=0.1, what="condition"):
