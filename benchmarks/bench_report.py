@@ -22,7 +22,6 @@ import contextlib
 import getpass
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -68,6 +67,7 @@ def master_dir(base, count):
 @contextlib.contextmanager
 def master_running(conf):
     from tests.helpers.net import wait_for
+    from tests.helpers.process_group import stop
 
     proc = subprocess.Popen([str(VENV_BIN / "salt-master"), "-c", str(conf), "-l", "quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -77,12 +77,7 @@ def master_running(conf):
                  timeout=60, interval=0.5, what="the salt-master")
         yield
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop(proc, timeout=30)
 
 
 def salt_run(conf, *args):

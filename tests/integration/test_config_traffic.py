@@ -4,9 +4,6 @@ behind it, and requests go through the egress listener (Host = service name), a 
 foo through foo's own sidecar ingress) and the health check filter that drains a listener.
 """
 
-import os
-import signal
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -15,25 +12,9 @@ import pytest
 from envoy_bundle.configgen import generate
 
 from tests.helpers.net import free_port, http_get, wait_for
+from tests.helpers.process_group import start, stop
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def start(cmd, log_path):
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-    log.close()
-    return proc
-
-
-def stop(proc):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def post(url):

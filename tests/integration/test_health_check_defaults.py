@@ -11,7 +11,7 @@ import yaml
 from envoy_bundle.configgen import generate
 
 from tests.helpers.net import free_port, http_get, wait_for
-from tests.integration.test_config_traffic import start, stop
+from tests.helpers.process_group import start, stop
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ import pytest
 from envoy_bundle.configgen.generate import generate_outputs
 
 from tests.helpers.net import free_port, http_get, wait_for
-from tests.integration.test_config_traffic import start, stop
+from tests.helpers.process_group import start, stop
 
 
 def write_outputs(config_dir, files):
